@@ -1,0 +1,217 @@
+"""Find, check and load an OFA visual-entailment checkpoint.
+
+Accepted sources:
+- a ModelScope model id (``damo/ofa_visual-entailment_snli-ve_large_en``), downloaded with
+  ModelScope's hub client (it shows a progress bar) when there is a network;
+- a local directory in ModelScope layout: ``configuration.json`` (task settings),
+  ``config.json`` (architecture), ``pytorch_model.bin`` or ``*.safetensors``, ``vocab.json``,
+  ``merges.txt`` and the answer map that configuration.json names;
+- a local directory in the OFA-Sys Hugging Face layout: the same without
+  ``configuration.json``; the task settings then take the released SNLI-VE values unless
+  overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .image import IMAGENET_MEAN_STD, OFA_MEAN_STD
+from .labels import DEFAULT_ANSWER_MAP
+from .modeling.config import OfaArchitecture
+from .settings import TaskSettings
+from .text import HYPOTHESIS_ONLY_PROMPT, PREMISE_HYPOTHESIS_PROMPT
+
+WEIGHT_FILE_NAMES = ("pytorch_model.bin", "model.safetensors")
+
+# Released SNLI-VE fine-tunes: 480 px, prev_output, 80 source tokens.
+RELEASED_VE_SETTINGS = {"patch_image_size": 480, "max_src_length": 80,
+                        "prompt_type": "prev_output"}
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be used; the message names the file or tensor at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OfaCheckpoint:
+    directory: Path
+    source: str                 # what the user passed: a model id or a path
+    layout: str                 # "modelscope" or "huggingface"
+    architecture: OfaArchitecture
+    settings: TaskSettings
+    weights_file: Path
+    vocab_file: Path
+    merges_file: Path
+
+    def files(self) -> list[Path]:
+        """The files the export reads, for hashing."""
+        names = [self.weights_file, self.vocab_file, self.merges_file,
+                 self.directory / "config.json"]
+        for extra in ("configuration.json", self._answer_map_name()):
+            if extra and (self.directory / extra).is_file():
+                names.append(self.directory / extra)
+        return sorted(set(names))
+
+    def _answer_map_name(self) -> str | None:
+        path = self.directory / "configuration.json"
+        if not path.is_file():
+            return None
+        return _read_json(path).get("model", {}).get("answer2label")
+
+    def file_hashes(self) -> dict[str, str]:
+        return {p.name: sha256_file(p) for p in self.files()}
+
+    def load_state_dict(self) -> dict[str, Any]:
+        return load_weights(self.weights_file)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not readable JSON: {error}") from error
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """A state dict from ``.bin`` (torch.load, weights_only) or ``.safetensors``. A ``model.``
+    prefix on every key (transformers' base_model_prefix) is removed."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read weights from {path}: {type(error).__name__}: "
+                              f"{error}") from error
+    if isinstance(state, Mapping) and "state_dict" in state and len(state) <= 3:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _find_weights(directory: Path) -> Path:
+    for name in WEIGHT_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    candidates = sorted(directory.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        raise CheckpointError(f"{directory} holds several .safetensors files "
+                              f"({', '.join(c.name for c in candidates)}); sharded checkpoints "
+                              "are not supported: merge them into model.safetensors")
+    raise CheckpointError(f"{directory} has no weights: expected pytorch_model.bin or "
+                          "*.safetensors")
+
+
+def _settings_from_configuration(model_cfg: Mapping[str, Any], directory: Path,
+                                 overrides: Mapping[str, Any]) -> TaskSettings:
+    cfg = {**RELEASED_VE_SETTINGS, **model_cfg, **{k: v for k, v in overrides.items()
+                                                    if v is not None}}
+    answer_map_name = cfg.get("answer2label")
+    if answer_map_name:
+        answer_map_path = directory / answer_map_name
+        if not answer_map_path.is_file():
+            raise CheckpointError(f"configuration.json names the answer map {answer_map_name!r}, "
+                                  f"but {answer_map_path} does not exist")
+        answer_map = _read_json(answer_map_path)
+    else:
+        answer_map = DEFAULT_ANSWER_MAP
+    if not answer_map:
+        raise CheckpointError("the answer map is empty")
+    mean, std = IMAGENET_MEAN_STD if cfg.get("imagenet_default_mean_and_std") else OFA_MEAN_STD
+    # ModelScope: cfg.model.prompt overrides the prompt of whichever form is used.
+    prompt = cfg.get("prompt")
+    return TaskSettings(
+        patch_image_size=int(cfg["patch_image_size"]),
+        mean=tuple(mean), std=tuple(std),
+        max_src_length=int(cfg["max_src_length"]),
+        prompt_type=str(cfg["prompt_type"]),
+        hypothesis_prompt=prompt or HYPOTHESIS_ONLY_PROMPT,
+        premise_prompt=prompt or PREMISE_HYPOTHESIS_PROMPT,
+        answers=tuple(answer_map.keys()),
+    )
+
+
+def open_checkpoint(source: str | Path, **setting_overrides: Any) -> OfaCheckpoint:
+    """Resolve ``source`` (directory or ModelScope id) and check its files, without loading
+    the weights. ``setting_overrides`` (patch_image_size, max_src_length, prompt_type) replace
+    values from configuration.json; use them for the Hugging Face layout."""
+    source_text = str(source)
+    directory = Path(source).expanduser()
+    if not directory.exists():
+        if source_text.startswith((".", "/", "~")) or source_text.count("/") != 1:
+            raise CheckpointError(f"{source_text} is neither a directory nor a ModelScope "
+                                  "model id (namespace/name)")
+        directory = download_from_modelscope(source_text)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory")
+
+    missing = [name for name in ("config.json", "vocab.json", "merges.txt")
+               if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{directory} is missing {', '.join(missing)}: an OFA checkpoint "
+                              "needs config.json, weights, vocab.json and merges.txt")
+    weights = _find_weights(directory)
+    config = _read_json(directory / "config.json")
+    try:
+        architecture = OfaArchitecture.from_config_dict(config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / 'config.json'}: {error}") from error
+
+    configuration_path = directory / "configuration.json"
+    if configuration_path.is_file():
+        layout = "modelscope"
+        configuration = _read_json(configuration_path)
+        task = configuration.get("task")
+        if task not in (None, "visual-entailment", "visual_entailment"):
+            raise CheckpointError(f"{configuration_path} is for task {task!r}, not "
+                                  "visual-entailment")
+        model_cfg = configuration.get("model", {})
+        if model_cfg.get("type", "ofa") != "ofa":
+            raise CheckpointError(f"{configuration_path}: model.type is "
+                                  f"{model_cfg.get('type')!r}, not 'ofa'")
+        if model_cfg.get("language", "en") != "en":
+            raise CheckpointError(f"{configuration_path}: language "
+                                  f"{model_cfg.get('language')!r} is not supported (English "
+                                  "BPE checkpoints only)")
+    else:
+        layout = "huggingface"
+        model_cfg = {}
+    settings = _settings_from_configuration(model_cfg, directory, setting_overrides)
+    return OfaCheckpoint(directory=directory.resolve(), source=source_text, layout=layout,
+                         architecture=architecture, settings=settings, weights_file=weights,
+                         vocab_file=directory / "vocab.json", merges_file=directory / "merges.txt")
+
+
+def download_from_modelscope(model_id: str) -> Path:
+    try:
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError as error:
+        raise CheckpointError(f"{model_id} looks like a ModelScope model id, but the ModelScope "
+                              "hub client is not installed: pip install modelscope") from error
+    try:
+        return Path(snapshot_download(model_id))
+    except Exception as error:
+        raise CheckpointError(f"could not download {model_id} from ModelScope "
+                              f"({type(error).__name__}: {error}). Check the id and the network, "
+                              "or download it elsewhere and pass the directory") from error

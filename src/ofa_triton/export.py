@@ -1,0 +1,152 @@
+"""Checkpoint -> Triton model-repository artifacts: the validated ONNX graph, the tokenizer
+files and the settings the Python models read, plus a record of how they were made.
+
+Layout written under the repository (one Triton version directory per model):
+
+    ofa_encoder_decoder/<version>/model.onnx          the scorer graph
+    ofa_encoder_decoder/<version>/export_record.json  settings, versions, hashes, validation
+    ofa_preprocess/<version>/vocab.json, merges.txt   the checkpoint's BPE files
+    ofa_preprocess/<version>/ofa_settings.json        image size, mean/std, prompts, token ids
+    ofa_postprocess/<version>/ofa_settings.json       the answers and their order
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import OfaCheckpoint, open_checkpoint
+from .modeling import OfaVisualEntailmentModel
+from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
+from .settings import ServingSettings
+from .text import OfaTextEncoder
+
+# The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
+TRITON_VERSION = "2.51.0"
+TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+PREPROCESS_MODEL = "ofa_preprocess"
+ENCODER_DECODER_MODEL = "ofa_encoder_decoder"
+POSTPROCESS_MODEL = "ofa_postprocess"
+ENSEMBLE_MODEL = "ofa_visual_entailment"
+
+GRAPH_FILE = "model.onnx"
+RECORD_FILE = "export_record.json"
+DEVICES = ("cpu", "gpu")
+DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+    checkpoint: OfaCheckpoint
+    text: OfaTextEncoder
+    model: OfaVisualEntailmentModel
+    settings: ServingSettings
+
+
+def load_checkpoint(source: str | Path, **setting_overrides: Any) -> LoadedCheckpoint:
+    """Open, check and load a checkpoint into the PyTorch scorer (the one way every caller
+    does it: exporter, tests, baselines)."""
+    checkpoint = open_checkpoint(source, **setting_overrides)
+    task = checkpoint.settings
+    text = OfaTextEncoder(checkpoint.vocab_file, checkpoint.merges_file,
+                          max_src_length=task.max_src_length, prompt_type=task.prompt_type)
+    arch = checkpoint.architecture
+    if text.vocab_size != arch.vocab_size:
+        raise ValueError(f"the tokenizer has {text.vocab_size} tokens (vocab.json plus 9192 "
+                         f"<code_*>/<bin_*>) but config.json says vocab_size={arch.vocab_size}; "
+                         "vocab.json and the weights do not belong together")
+    answer_ids = text.answer_token_ids(list(task.answers))
+    model = OfaVisualEntailmentModel(arch, answer_ids)
+    model.load_checkpoint(checkpoint.load_state_dict())
+    settings = ServingSettings(task=task, bos_token_id=text.bos_id, pad_token_id=text.pad_id,
+                               eos_token_id=text.eos_id, answer_token_ids=tuple(answer_ids))
+    return LoadedCheckpoint(checkpoint, text, model, settings)
+
+
+def package_versions() -> dict[str, str]:
+    names = ("torch", "onnx", "onnxruntime", "tokenizers", "numpy", "pillow")
+    versions = {"ofa-triton": __version__, "python": platform.python_version(),
+                "triton": TRITON_VERSION}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def export_config_for(loaded: LoadedCheckpoint) -> OnnxExportConfig:
+    arch = loaded.checkpoint.architecture
+    return OnnxExportConfig(image_size=loaded.settings.task.patch_image_size,
+                            pad_token_id=arch.pad_token_id, bos_token_id=arch.bos_token_id,
+                            eos_token_id=arch.eos_token_id, vocab_size=arch.vocab_size)
+
+
+def export_repository(source: str | Path, repository: str | Path, *, device: str = "cpu",
+                      precision: str | None = None, version: int = 1,
+                      progress: Callable[[str], None] = print,
+                      **setting_overrides: Any) -> dict[str, Any]:
+    """Export ``source`` into ``repository`` and return the export record."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    precision = precision or DEFAULT_PRECISION[device]
+    repository = Path(repository)
+
+    progress(f"[1/4] loading checkpoint {source}")
+    loaded = load_checkpoint(source, **setting_overrides)
+    checkpoint = loaded.checkpoint
+    arch = checkpoint.architecture
+    progress(f"      {checkpoint.layout} layout, d_model={arch.d_model}, "
+             f"{arch.encoder_layers}+{arch.decoder_layers} layers, {arch.resnet_type}, "
+             f"{loaded.settings.task.patch_image_size}px, answers {list(loaded.settings.task.answers)}")
+
+    config = export_config_for(loaded)
+    graph_dir = repository / ENCODER_DECODER_MODEL / str(version)
+    with tempfile.TemporaryDirectory(prefix="ofa-export-") as scratch:
+        scratch_graph = Path(scratch) / GRAPH_FILE
+        progress(f"[2/4] exporting the {precision} ONNX graph (opset {config.opset})")
+        export_onnx(loaded.model, config, scratch_graph, precision)
+        progress("[3/4] validating the graph against the PyTorch module with onnxruntime")
+        validation = validate_onnx(loaded.model, config, scratch_graph, precision)
+        progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
+                 f"(tolerance {validation['tolerance']})")
+        graph_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(scratch_graph), graph_dir / GRAPH_FILE)
+        for extra in Path(scratch).iterdir():  # external-data files of graphs over 2 GB
+            shutil.move(str(extra), graph_dir / extra.name)
+
+    progress("[4/4] writing tokenizer files and settings")
+    preprocess_dir = repository / PREPROCESS_MODEL / str(version)
+    postprocess_dir = repository / POSTPROCESS_MODEL / str(version)
+    for directory in (preprocess_dir, postprocess_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+        loaded.settings.write(directory)
+    shutil.copyfile(checkpoint.vocab_file, preprocess_dir / "vocab.json")
+    shutil.copyfile(checkpoint.merges_file, preprocess_dir / "merges.txt")
+
+    record = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"model": checkpoint.source, "directory": str(checkpoint.directory),
+                   "layout": checkpoint.layout, "sha256": checkpoint.file_hashes()},
+        "export": {"device": device, "precision": precision, "opset": ONNX_OPSET,
+                   "version": version, "input_names": list(config.input_names),
+                   "output_names": list(config.output_names),
+                   "dynamic_axes": config.dynamic_axes},
+        "architecture": arch.to_dict(),
+        "settings": loaded.settings.to_dict(),
+        "validation": validation,
+        "versions": package_versions(),
+    }
+    (graph_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    progress(f"done: {graph_dir / GRAPH_FILE}")
+    return record

@@ -1,0 +1,105 @@
+"""OFA's decoder, for scoring: one pass over the decoder prompt, no cache, no image codes.
+
+Follows ModelScope's ``OFADecoder.forward`` with ``code_masks=None`` and no past key/values,
+which is what traverse scoring runs. The image-code parameters (``embed_image_positions``,
+``image_pos_ln``, ``code_layernorm_embedding``, ``image_rel_pos_table_list`` and the buffers)
+exist so that the checkpoint loads unchanged; text-to-image generation would use them,
+visual entailment does not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import OfaArchitecture
+from .layers import OfaDecoderLayer, causal_attention_mask, padding_attention_mask
+from .positions import (make_image_bucket_position, make_token_bucket_position,
+                        token_bucket_by_offset, token_relative_buckets)
+
+
+def _decoder_image_position_idx(arch: OfaArchitecture) -> Tensor:
+    """ModelScope's decoder ``image_position_idx`` buffer (image-code positions)."""
+    window = arch.code_image_size // 8
+    grid = torch.arange(window)[None, :].expand(window, window) + \
+        torch.arange(window)[:, None] * arch.image_bucket_size + 1
+    return torch.cat([torch.tensor([0]), grid.reshape(-1), torch.tensor([1024] * 768)])
+
+
+class OfaDecoder(nn.Module):
+    def __init__(self, arch: OfaArchitecture, embed_tokens: nn.Embedding):
+        super().__init__()
+        dim = arch.d_model
+        heads = arch.decoder_attention_heads
+        self.arch = arch
+        self.num_heads = heads
+        self.embed_tokens = embed_tokens
+        self.layers = nn.ModuleList(OfaDecoderLayer(arch) for _ in range(arch.decoder_layers))
+        self.layernorm_embedding = nn.LayerNorm(dim) if arch.layernorm_embedding else None
+        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, dim)
+        self.embed_image_positions = nn.Embedding(arch.image_bucket_size ** 2 + 1, dim)
+        self.pos_ln = nn.LayerNorm(dim)
+        self.image_pos_ln = nn.LayerNorm(dim)
+        self.pos_scaling = float(dim / heads * arch.attn_scale_factor) ** -0.5
+        self.self_pos_q_linear = nn.Linear(dim, dim)
+        self.self_pos_k_linear = nn.Linear(dim, dim)
+        self.cross_pos_q_linear = nn.Linear(dim, dim)
+        self.cross_pos_k_linear = nn.Linear(dim, dim)
+        self.code_layernorm_embedding = nn.LayerNorm(dim) if arch.code_layernorm_embedding else None
+        self.layer_norm = nn.LayerNorm(dim) if arch.decoder_normalize_before else None
+        if arch.share_decoder_input_output_embed:
+            self.output_projection = nn.Linear(dim, arch.vocab_size, bias=False)
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            self.output_projection = nn.Linear(dim, arch.vocab_size, bias=False)
+        tables = 1 if arch.share_attn_bias else arch.decoder_layers
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(2 * arch.token_bucket_size - 1, heads) for _ in range(tables))
+        image_num_rel_dis = (2 * arch.image_bucket_size - 1) ** 2 + 3
+        self.register_buffer("image_position_idx", _decoder_image_position_idx(arch))
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(image_num_rel_dis, heads) for _ in range(tables))
+        self.register_buffer("image_rp_bucket", make_image_bucket_position(arch.image_bucket_size))
+        self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
+        self.register_buffer("token_bucket_by_offset", token_bucket_by_offset(self.token_rp_bucket),
+                             persistent=False)
+
+    def _abs_pos_bias(self, q_linear: nn.Linear, k_linear: nn.Linear, query_pos: Tensor,
+                      key_pos: Tensor) -> Tensor:
+        batch, tgt_len, src_len = query_pos.shape[0], query_pos.shape[1], key_pos.shape[1]
+        pos_q = q_linear(query_pos).reshape(batch, tgt_len, self.num_heads, -1).transpose(1, 2)
+        pos_k = k_linear(key_pos).reshape(batch, src_len, self.num_heads, -1).transpose(1, 2)
+        return torch.matmul(pos_q * self.pos_scaling, pos_k.transpose(2, 3))
+
+    def forward(self, decoder_input_ids: Tensor, encoder_out: Tensor,
+                encoder_padding_mask: Tensor, encoder_pos_embed: Tensor) -> Tensor:
+        """Returns the final hidden states [B, T, D] (after the last layer norm, before the
+        output projection)."""
+        arch = self.arch
+        batch, tgt_len = decoder_input_ids.shape
+        positions = torch.arange(tgt_len, device=decoder_input_ids.device)
+        tgt_pos_embed = self.embed_positions(positions)[None].expand(batch, -1, -1)
+        tgt_pos_normed = self.pos_ln(tgt_pos_embed)
+        self_abs_pos_bias = self._abs_pos_bias(self.self_pos_q_linear, self.self_pos_k_linear,
+                                               tgt_pos_normed, tgt_pos_normed)
+        cross_abs_pos_bias = self._abs_pos_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
+                                                tgt_pos_normed, encoder_pos_embed)
+
+        x = arch.embed_scale * self.embed_tokens(decoder_input_ids)
+        if arch.entangle_position_embedding and not arch.disable_entangle:
+            x = x + tgt_pos_embed
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+
+        causal_mask = causal_attention_mask(tgt_len, x.device, x.dtype)
+        encoder_mask = padding_attention_mask(encoder_padding_mask, x.dtype)
+        text_buckets = token_relative_buckets(tgt_len, self.token_bucket_by_offset)
+        for index, layer in enumerate(self.layers):
+            table = self.token_rel_pos_table_list[0 if arch.share_attn_bias else index].weight
+            self_attn_bias = self_abs_pos_bias + F.embedding(text_buckets, table).permute(2, 0, 1)[None]
+            x = layer(x, self_attn_bias, causal_mask, encoder_out, cross_abs_pos_bias,
+                      encoder_mask)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x

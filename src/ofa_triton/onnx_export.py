@@ -1,0 +1,142 @@
+"""Export the scorer to ONNX, check the graph, and validate it against the PyTorch module.
+
+One export config, as optimum's exporters keep one per model: input and output names, dynamic
+axes, opset and dummy inputs live in ``OnnxExportConfig``. Validation after export runs
+onnxruntime and the PyTorch module on the same random inputs (ragged lengths, so padding is
+exercised) and reports the largest difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .modeling import OfaVisualEntailmentModel
+
+# Pinned: the graph is exported at this opset (LayerNormalization needs >= 17).
+ONNX_OPSET = 17
+
+# fp32 must match PyTorch to rounding; fp16 is checked against fp32 PyTorch, loosely.
+VALIDATION_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+
+
+class ExportValidationError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch module."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxExportConfig:
+    image_size: int
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    vocab_size: int
+    opset: int = ONNX_OPSET
+    input_names: tuple[str, ...] = OfaVisualEntailmentModel.INPUT_NAMES
+    output_names: tuple[str, ...] = OfaVisualEntailmentModel.OUTPUT_NAMES
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        # Image height/width are dynamic although each export serves one size: with static
+        # sizes the exporter would fold the image relative-position bias of every layer into a
+        # constant ([heads, N, N] floats per layer).
+        return {
+            "input_ids": {0: "batch", 1: "source_length"},
+            "patch_images": {0: "batch", 2: "height", 3: "width"},
+            "decoder_input_ids": {0: "batch", 1: "prompt_length"},
+            "answer_scores": {0: "batch"},
+        }
+
+    def random_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        """Right-padded token ids of ragged lengths (bos ... eos), decoder prompts that are the
+        source without eos, and normal-ish pixels."""
+        rng = np.random.Generator(np.random.PCG64(seed))
+        lengths = rng.integers(3, 24, batch)
+        source = np.full((batch, lengths.max()), self.pad_token_id, dtype=np.int64)
+        decoder = np.full((batch, lengths.max() - 1), self.pad_token_id, dtype=np.int64)
+        low = max(self.eos_token_id, self.pad_token_id) + 2
+        for row, length in enumerate(lengths):
+            body = rng.integers(low, self.vocab_size, length - 2)
+            source[row, :length] = [self.bos_token_id, *body, self.eos_token_id]
+            decoder[row, :length - 1] = source[row, :length - 1]
+        pixels = rng.normal(0, 1, (batch, 3, self.image_size, self.image_size)).astype(np.float32)
+        return {"input_ids": source, "patch_images": pixels, "decoder_input_ids": decoder}
+
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def export_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, path: Path,
+                precision: str = "fp32") -> None:
+    """Trace the module to an ONNX graph at ``path`` and run onnx's full check.
+
+    fp16 (for the GPU) is traced from a half-precision copy of the module: weights and
+    arithmetic in fp16, the answer log-softmax in fp32, inputs and outputs fp32 so the Triton
+    contract does not change with the precision."""
+    import copy
+
+    import onnx
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    traced = copy.deepcopy(model).half() if precision == "fp16" else model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample = {k: torch.from_numpy(v) for k, v in config.random_inputs(2, seed=0).items()}
+    traced.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns about tracing in general; the module is written for
+        # it (no data-dependent Python branches), and validate_onnx checks the result.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            traced, tuple(sample[name] for name in config.input_names), str(path),
+            input_names=list(config.input_names), output_names=list(config.output_names),
+            dynamic_axes=config.dynamic_axes, opset_version=config.opset,
+            do_constant_folding=True, dynamo=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _session(path: Path, providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def validate_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, path: Path,
+                  precision: str, providers: list[str] | None = None,
+                  batches: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
+    """Run the graph and the PyTorch module on the same random inputs; raise if they differ by
+    more than VALIDATION_TOLERANCE[precision]. Returns the figures for the export record."""
+    import torch
+
+    providers = providers or ["CPUExecutionProvider"]
+    session = _session(path, providers)
+    worst = 0.0
+    started = time.perf_counter()
+    for index, batch in enumerate(batches):
+        inputs = config.random_inputs(batch, seed=100 + index)
+        (graph_scores,) = session.run(list(config.output_names), inputs)
+        with torch.no_grad():
+            torch_scores = model(*(torch.from_numpy(inputs[n]) for n in config.input_names))
+        worst = max(worst, float(np.abs(graph_scores - torch_scores.numpy()).max()))
+    tolerance = VALIDATION_TOLERANCE[precision]
+    report = {
+        "precision": precision,
+        "providers": session.get_providers(),
+        "batches": list(batches),
+        "max_abs_diff_log_prob": worst,
+        "tolerance": tolerance,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if not worst <= tolerance:
+        raise ExportValidationError(
+            f"the {precision} ONNX graph differs from the PyTorch module by {worst:.3g} "
+            f"(tolerance {tolerance}) on random inputs; do not serve it")
+    return report

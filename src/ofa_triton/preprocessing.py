@@ -1,0 +1,72 @@
+"""One request in, model tensors out: the function the Triton preprocessing model calls.
+
+Token ids are right-padded to fixed lengths (max_src_length + 2 for the source, + 1 for the
+decoder prompt) so that Triton's dynamic batcher can merge any two requests. Padding changes
+no score: padded encoder positions are masked, and the causal decoder never looks at them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .image import ImageTransform, decode_image
+from .settings import ServingSettings
+from .text import OfaTextEncoder, PromptTemplates
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """One request's tensors, without the batch dimension."""
+
+    input_ids: np.ndarray          # int64 [max_src_length + 2], pad-filled
+    patch_images: np.ndarray       # float32 [3, S, S]
+    decoder_input_ids: np.ndarray  # int64 [max_src_length + 1], pad-filled
+
+
+class VisualEntailmentPreprocessor:
+    """Built once per model instance (tokenizer construction is not per request)."""
+
+    def __init__(self, settings: ServingSettings, vocab_file: str | Path, merges_file: str | Path):
+        task = settings.task
+        self.settings = settings
+        self.text = OfaTextEncoder(vocab_file, merges_file, max_src_length=task.max_src_length,
+                                   prompt_type=task.prompt_type,
+                                   templates=PromptTemplates(task.hypothesis_prompt,
+                                                             task.premise_prompt))
+        self.transform = ImageTransform(task.patch_image_size, tuple(task.mean), tuple(task.std))
+        self.source_length = task.max_src_length + 2
+        self.decoder_length = task.max_src_length + 1
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> "VisualEntailmentPreprocessor":
+        """The layout the exporter writes: ofa_settings.json, vocab.json, merges.txt."""
+        directory = Path(directory)
+        return cls(ServingSettings.read(directory), directory / "vocab.json",
+                   directory / "merges.txt")
+
+    def _padded(self, ids: list[int], length: int) -> np.ndarray:
+        out = np.full(length, self.settings.pad_token_id, dtype=np.int64)
+        out[:len(ids)] = ids
+        return out
+
+    def text_inputs(self, hypothesis: str, premise: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """An empty premise means the hypothesis-only prompt, like an absent one."""
+        source = self.text.source_ids(hypothesis, premise or None)
+        decoder = self.text.decoder_prompt_ids(source)
+        return self._padded(source, self.source_length), self._padded(decoder, self.decoder_length)
+
+    def image_inputs(self, image_bytes: bytes) -> np.ndarray:
+        return self.transform(decode_image(image_bytes))
+
+    def __call__(self, image_bytes: bytes, hypothesis: str, premise: str | None) -> ModelInputs:
+        input_ids, decoder_input_ids = self.text_inputs(hypothesis, premise)
+        return ModelInputs(input_ids, self.image_inputs(image_bytes), decoder_input_ids)
+
+
+def stack(inputs: list[ModelInputs]) -> dict[str, np.ndarray]:
+    """Batch of ModelInputs -> the graph's input dict."""
+    return {field.name: np.stack([getattr(item, field.name) for item in inputs])
+            for field in dataclasses.fields(ModelInputs)}

@@ -1,0 +1,119 @@
+"""Text side of OFA visual entailment, identical to ModelScope's preprocessor.
+
+``modelscope/preprocessors/ofa/base.py`` (pre_caption, tokenize_text) and
+``modelscope/preprocessors/ofa/visual_entailment.py`` (prompts, decoder prompt). ModelScope
+runs the slow ``BartTokenizer``; this uses the Rust ``tokenizers`` library configured the same
+way (byte-level BPE, BART's special tokens, then 8192 ``<code_*>`` and 1000 ``<bin_*>`` added
+tokens), built once per process. The goldens test pins the equality token for token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+# ModelScope's default prompts (cfg.model.prompt overrides them).
+HYPOTHESIS_ONLY_PROMPT = ' does the image describe " {} "?'
+PREMISE_HYPOTHESIS_PROMPT = ' can image and text1 " {} " imply text2 " {} "?'
+
+NUM_IMAGE_CODES = 8192
+NUM_BINS = 1000
+
+_RUNS_OF_WHITESPACE = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int | None = None) -> str:
+    """ModelScope's OfaBasePreprocessor.pre_caption, step for step."""
+    caption = (caption.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ")
+               .replace("<person>", "person"))
+    caption = _RUNS_OF_WHITESPACE.sub(" ", caption)
+    caption = caption.rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    if max_words is not None and len(words) > max_words:
+        caption = " ".join(words[:max_words])
+    return caption
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplates:
+    hypothesis_only: str = HYPOTHESIS_ONLY_PROMPT
+    premise_hypothesis: str = PREMISE_HYPOTHESIS_PROMPT
+
+
+def build_prompt(hypothesis: str, premise: str | None, max_words: int,
+                 templates: PromptTemplates = PromptTemplates()) -> str:
+    """The instruction text. ``premise=None`` means the hypothesis-only prompt, as ModelScope
+    does when ``text2`` is absent. (An empty premise string is a premise: ModelScope then uses
+    the two-text prompt with an empty first text; callers decide which they mean.)"""
+    hypothesis = pre_caption(hypothesis, max_words)
+    if premise is None:
+        return templates.hypothesis_only.format(hypothesis)
+    return templates.premise_hypothesis.format(pre_caption(premise, max_words), hypothesis)
+
+
+def build_bpe_tokenizer(vocab_file: str | Path, merges_file: str | Path) -> Tokenizer:
+    """BART's byte-level BPE plus OFA's added tokens, as ``OFATokenizer`` builds it."""
+    tokenizer = Tokenizer(models.BPE.from_file(str(vocab_file), str(merges_file),
+                                               unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # BartTokenizer's special tokens; <mask> eats the space before it (lstrip), like BART's.
+    tokenizer.add_special_tokens([
+        AddedToken("<s>", lstrip=False, rstrip=False, normalized=False),
+        AddedToken("<pad>", lstrip=False, rstrip=False, normalized=False),
+        AddedToken("</s>", lstrip=False, rstrip=False, normalized=False),
+        AddedToken("<unk>", lstrip=False, rstrip=False, normalized=False),
+        AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False),
+    ])
+    tokenizer.add_tokens([AddedToken(f"<code_{i}>", lstrip=False, rstrip=False, normalized=True)
+                          for i in range(NUM_IMAGE_CODES)]
+                         + [AddedToken(f"<bin_{i}>", lstrip=False, rstrip=False, normalized=True)
+                            for i in range(NUM_BINS)])
+    return tokenizer
+
+
+class OfaTextEncoder:
+    """Prompt building and token ids for one checkpoint. Build once; thread-safe to call."""
+
+    def __init__(self, vocab_file: str | Path, merges_file: str | Path, *, max_src_length: int,
+                 prompt_type: str, templates: PromptTemplates = PromptTemplates()):
+        if prompt_type not in ("none", "prev_output"):
+            raise ValueError(f"prompt_type {prompt_type!r} is not supported for visual "
+                             "entailment (ModelScope supports 'none' and 'prev_output')")
+        self.tokenizer = build_bpe_tokenizer(vocab_file, merges_file)
+        self.max_src_length = max_src_length
+        self.prompt_type = prompt_type
+        self.templates = templates
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        self.bos_id, self.pad_id, self.eos_id = vocab["<s>"], vocab["<pad>"], vocab["</s>"]
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def bpe(self, text: str) -> list[int]:
+        """BPE ids without special tokens, truncated to max_src_length."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids[:self.max_src_length]
+
+    def source_ids(self, hypothesis: str, premise: str | None) -> list[int]:
+        """Encoder input: bos + BPE(prompt)[:max_src_length] + eos."""
+        prompt = build_prompt(hypothesis, premise, self.max_src_length, self.templates)
+        return [self.bos_id, *self.bpe(prompt), self.eos_id]
+
+    def decoder_prompt_ids(self, source_ids: list[int]) -> list[int]:
+        """``none``: [bos]; ``prev_output``: the source without its eos."""
+        if self.prompt_type == "none":
+            return [self.bos_id]
+        return source_ids[:-1]
+
+    def answer_token_ids(self, answers: list[str]) -> list[int]:
+        """The single BPE token of ' answer' for each answer; multi-token answers are refused
+        because the exported scorer reads one decoder step."""
+        ids = []
+        for answer in answers:
+            tokens = self.tokenizer.encode(" " + answer, add_special_tokens=False).ids
+            if len(tokens) != 1:
+                raise ValueError(f"answer {answer!r} is {len(tokens)} BPE tokens in this "
+                                 "vocabulary; the exported scorer needs single-token answers")
+            ids.append(tokens[0])
+        return ids

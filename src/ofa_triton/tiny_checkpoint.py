@@ -1,0 +1,225 @@
+"""A tiny OFA visual-entailment checkpoint in ModelScope layout, made from a seed.
+
+For tests and for the service's built-in default model. It needs no network: the vocabulary is
+a byte-level BPE trained here on a small built-in corpus, and the weights are random draws from
+numpy's PCG64 generator (reproducible across machines). The answers ` yes`, ` no` and ` maybe`
+are single tokens, as in OFA's real vocabulary. The weights are random: answers show that the
+pipeline works, not what the image shows.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .labels import DEFAULT_ANSWER_MAP
+from .modeling import OfaArchitecture, OfaVisualEntailmentModel
+from .text import NUM_BINS, NUM_IMAGE_CODES
+
+DEFAULT_SEED = 20240607
+DEFAULT_IMAGE_SIZE = 64
+NUM_MERGES = 600
+
+# OFA-tiny's dimensions (ofa-tiny: d256, 4+4 layers, 4 heads, ResNet50).
+TINY_ARCHITECTURE = dict(d_model=256, encoder_layers=4, decoder_layers=4,
+                         encoder_attention_heads=4, decoder_attention_heads=4,
+                         encoder_ffn_dim=1024, decoder_ffn_dim=1024, resnet_type="resnet50")
+
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
+MASK_TOKEN = "<mask>"
+
+_CORPUS = """
+a man is riding a bicycle down the street . two dogs are playing in the snow .
+a woman in a red dress is dancing on a stage . the children are sitting at a table eating lunch .
+a group of people are standing outside a building . a cat is sleeping on the couch .
+a boy jumps into the water at the beach . the sky is blue and there are no clouds .
+an old man is reading a newspaper on a bench in the park . people are walking in the rain .
+a girl is holding an umbrella . the car is parked next to a tree . a black and white photo .
+does the image describe the text ? can image and text imply the hypothesis ? yes no maybe
+yes yes yes no no no maybe maybe maybe . the answer is yes . the answer is no . maybe not .
+someone is cooking dinner in the kitchen . a dog runs across the green grass with a ball .
+the players are wearing blue shirts and playing soccer on a field . a person is climbing a rock .
+musicians play guitars and drums at a concert . a baby is smiling at the camera .
+two men are talking on the sidewalk near a shop . a horse is standing in a field of flowers .
+""".split()
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2/BART's reversible byte -> printable character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def train_byte_level_bpe(words: list[str], num_merges: int,
+                         forced_words: tuple[str, ...]) -> tuple[list[str], list[tuple[str, str]]]:
+    """A plain BPE trainer with deterministic tie-breaking. ``forced_words`` (already in byte
+    characters, e.g. 'Ġyes') get their merges first, so each is one token."""
+    merges: list[tuple[str, str]] = []
+    for word in forced_words:
+        pieces = list(word)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+    counts = collections.Counter(words)
+    splits = {w: list(w) for w in counts}
+
+    def apply(pair: tuple[str, str]) -> None:
+        for w, pieces in splits.items():
+            i, out = 0, []
+            while i < len(pieces):
+                if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+                    out.append(pieces[i] + pieces[i + 1])
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            splits[w] = out
+
+    for pair in merges:
+        apply(pair)
+    while len(merges) < num_merges:
+        pairs: collections.Counter = collections.Counter()
+        for w, pieces in splits.items():
+            for pair in zip(pieces, pieces[1:]):
+                pairs[pair] += counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        apply(best)
+    symbols = sorted(_byte_to_unicode().values())
+    seen = set(symbols)
+    for a, b in merges:
+        if a + b not in seen:
+            symbols.append(a + b)
+            seen.add(a + b)
+    return symbols, merges
+
+
+def _write_vocabulary(directory: Path) -> int:
+    table = _byte_to_unicode()
+
+    def to_byte_chars(word: str) -> str:
+        return "".join(table[b] for b in word.encode("utf-8"))
+
+    words = [to_byte_chars(" " + w) for w in _CORPUS] + [to_byte_chars(w) for w in _CORPUS]
+    forced = tuple(to_byte_chars(" " + answer) for answer in DEFAULT_ANSWER_MAP)
+    symbols, merges = train_byte_level_bpe(words, NUM_MERGES, forced)
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *symbols, MASK_TOKEN])}
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return len(vocab)
+
+
+def _random_state_dict(model: OfaVisualEntailmentModel, seed: int) -> dict[str, "object"]:
+    """Scaled random draws per tensor kind, so activations neither vanish nor explode and the
+    answers differ between inputs."""
+    import torch
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    state = {}
+    shared: dict[int, object] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in shared:       # tied weights: one draw
+            state[name] = shared[tensor.data_ptr()]
+            continue
+        shape = tuple(tensor.shape)
+        leaf = name.rsplit(".", 1)[-1]
+        if not tensor.is_floating_point():
+            value = tensor.clone()            # bucket buffers, num_batches_tracked
+        elif "rel_pos_table" in name:
+            value = rng.normal(0.0, 0.5, shape)
+        elif leaf == "running_mean":
+            value = rng.normal(0.0, 0.1, shape)
+        elif leaf == "running_var":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif ".bn3." in name and leaf == "weight":
+            value = rng.normal(0.3, 0.05, shape)      # keep the residual stream bounded
+        elif leaf == "c_attn" or (len(shape) == 1 and leaf == "weight"):
+            value = rng.normal(1.0, 0.1, shape)       # layer/batch norm scales, head scales
+        elif len(shape) == 1:
+            value = rng.normal(0.0, 0.05, shape)      # biases
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            value = rng.normal(0.0, (2.0 / fan_in) ** 0.5, shape)
+        else:                                         # linear [out, in], embedding [n, dim]
+            value = rng.normal(0.0, shape[1] ** -0.5, shape)
+        value = torch.as_tensor(np.asarray(value), dtype=tensor.dtype)
+        if name.endswith("embed_tokens.weight"):
+            value[model.arch.pad_token_id] = 0
+        state[name] = value
+        shared[tensor.data_ptr()] = value
+    return state
+
+
+def state_dict_digest(state: dict) -> str:
+    """sha256 over names and values: stable across torch versions, unlike the .bin bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(state[name].detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def generate_tiny_checkpoint(directory: str | Path, *, seed: int = DEFAULT_SEED,
+                             image_size: int = DEFAULT_IMAGE_SIZE, max_src_length: int = 80,
+                             prompt_type: str = "prev_output", imagenet_mean_std: bool = False,
+                             architecture_overrides: dict | None = None) -> Path:
+    """Write a complete ModelScope-layout checkpoint into ``directory`` and return it.
+    The defaults are the released SNLI-VE settings with OFA-tiny's dimensions at a small image
+    size; the keyword arguments make the variants that the fidelity tests also cover."""
+    import torch
+
+    from .text import OfaTextEncoder
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    base_vocab = _write_vocabulary(directory)
+    text = OfaTextEncoder(directory / "vocab.json", directory / "merges.txt",
+                          max_src_length=max_src_length, prompt_type=prompt_type)
+    assert text.vocab_size == base_vocab + NUM_IMAGE_CODES + NUM_BINS
+    arch = OfaArchitecture(**{**TINY_ARCHITECTURE, **(architecture_overrides or {}),
+                              "vocab_size": text.vocab_size})
+    model = OfaVisualEntailmentModel(arch, text.answer_token_ids(list(DEFAULT_ANSWER_MAP)))
+    state = _random_state_dict(model, seed)
+    torch.save(state, directory / "pytorch_model.bin")
+
+    config = {"architectures": ["OFAModel"], "model_type": "ofa", **arch.to_dict()}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "answer2label.json").write_text(json.dumps(DEFAULT_ANSWER_MAP) + "\n")
+    configuration = {
+        "framework": "pytorch",
+        "task": "visual-entailment",
+        "pipeline": {"type": "visual-entailment"},
+        "model": {
+            "type": "ofa",
+            "gen_type": "traverse",
+            "answer2label": "answer2label.json",
+            "prompt_type": prompt_type,
+            "patch_image_size": image_size,
+            "imagenet_default_mean_and_std": imagenet_mean_std,
+            "max_src_length": max_src_length,
+            "max_image_size": 512,
+            "language": "en",
+            "seed": 7,
+        },
+        "generator": {"seed": seed, "note": "random weights from ofa_triton.tiny_checkpoint; "
+                      "answers carry no meaning"},
+    }
+    (directory / "configuration.json").write_text(json.dumps(configuration, indent=2) + "\n")
+    (directory / "GENERATED.json").write_text(json.dumps(
+        {"seed": seed, "state_dict_sha256": state_dict_digest(state)}, indent=2) + "\n")
+    return directory

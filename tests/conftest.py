@@ -1,0 +1,68 @@
+"""Shared fixtures: generated checkpoints and their exports, made once per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
+from tests.golden.cases import CHECKPOINTS, write_images
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+class Goldens:
+    """ModelScope's outputs for one generated checkpoint (see tests/golden/make_goldens.py)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        data = json.loads((GOLDEN_DIR / f"{name}_visual_entailment.json").read_text("utf-8"))
+        self.generator = data["generator"]
+        self.arguments = data["generator_arguments"]
+        self.answers = data["answers"]
+        self.cases = data["cases"]
+        self.reference_versions = data["reference_versions"]
+        self.pixels = dict(np.load(GOLDEN_DIR / f"{name}_pixels.npz"))
+
+
+@pytest.fixture(scope="session", params=sorted(CHECKPOINTS))
+def golden_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def goldens_by_name() -> dict[str, Goldens]:
+    return {name: Goldens(name) for name in CHECKPOINTS}
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: generate_tiny_checkpoint(root / name, **kwargs)
+            for name, kwargs in CHECKPOINTS.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint_dirs) -> Path:
+    return checkpoint_dirs["tiny"]
+
+
+@pytest.fixture(scope="session")
+def golden_images(tmp_path_factory) -> dict[str, Path]:
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
+    """Each generated checkpoint exported (fp32, CPU) into its own model repository."""
+    from ofa_triton.export import export_repository
+
+    root = tmp_path_factory.mktemp("repositories")
+    repositories = {}
+    for name, checkpoint in checkpoint_dirs.items():
+        export_repository(checkpoint, root / name, device="cpu", progress=lambda _: None)
+        repositories[name] = root / name
+    return repositories

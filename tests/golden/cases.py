@@ -1,0 +1,208 @@
+"""The fidelity corpus: images made by code, and texts that exercise ModelScope's text rules.
+
+Shared by ``make_goldens.py`` (run in the ModelScope reference environment) and the tests (run
+in the project environment). Everything is deterministic; the goldens record each image file's
+sha256 so a test notices if an encoder library ever writes different bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    image: str                  # file name inside the images directory
+    hypothesis: str
+    premise: str | None         # None: hypothesis-only prompt (ModelScope: no text2)
+
+
+def _photo_like(width: int, height: int, seed: int) -> np.ndarray:
+    """Smooth gradients, a few shapes and sensor-like noise: JPEG-friendly, not flat."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([
+        128 + 100 * np.sin(x / max(width, 1) * np.pi * rng.uniform(0.5, 3) + rng.uniform(0, 6)),
+        128 + 100 * np.cos(y / max(height, 1) * np.pi * rng.uniform(0.5, 3) + rng.uniform(0, 6)),
+        128 + 90 * np.sin((x + y) / max(width + height, 1) * np.pi * rng.uniform(1, 4)),
+    ], axis=-1)
+    for _ in range(4):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        radius = rng.uniform(0.1, 0.4) * min(width, height) + 1
+        inside = (x - cx) ** 2 + (y - cy) ** 2 < radius ** 2
+        base[inside] = rng.uniform(0, 255, 3)
+    base += rng.normal(0, 6, base.shape)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _exif_rotated_jpeg(width: int, height: int, seed: int, orientation: int) -> bytes:
+    image = Image.fromarray(_photo_like(width, height, seed))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _save(image, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def build_images() -> dict[str, bytes]:
+    """file name -> encoded bytes."""
+    rgb = lambda w, h, s: Image.fromarray(_photo_like(w, h, s))  # noqa: E731
+    images = {
+        "photo_640x480.jpg": _save(rgb(640, 480, 1), "JPEG", quality=88),
+        "photo_1280x960.jpg": _save(rgb(1280, 960, 2), "JPEG", quality=85),
+        "small_23x17.png": _save(rgb(23, 17, 3), "PNG"),
+        "tall_40x300.png": _save(rgb(40, 300, 4), "PNG"),
+        "wide_500x30.jpg": _save(rgb(500, 30, 5), "JPEG", quality=92),
+        "tiny_1x1.png": _save(rgb(1, 1, 6), "PNG"),
+        "square_64x64.bmp": _save(rgb(64, 64, 7), "BMP"),
+        "photo_320x240.webp": _save(rgb(320, 240, 8), "WEBP", quality=80),
+        "lossless_200x150.webp": _save(rgb(200, 150, 9), "WEBP", lossless=True),
+        "palette_160x120.gif": _save(rgb(160, 120, 10).convert("P", palette=Image.ADAPTIVE), "GIF"),
+        "palette_100x100.png": _save(rgb(100, 100, 11).convert("P", palette=Image.ADAPTIVE,
+                                                               colors=16), "PNG"),
+        "grey_120x90.png": _save(rgb(120, 90, 12).convert("L"), "PNG"),
+        "grey_150x100.jpg": _save(rgb(150, 100, 13).convert("L"), "JPEG", quality=90),
+        "grey_alpha_80x80.png": _save(rgb(80, 80, 14).convert("LA"), "PNG"),
+        "rgba_200x100.png": _save(_with_alpha(rgb(200, 100, 15), 16), "PNG"),
+        "cmyk_180x120.jpg": _save(rgb(180, 120, 17).convert("CMYK"), "JPEG", quality=90),
+        "cmyk_90x60.tiff": _save(rgb(90, 60, 18).convert("CMYK"), "TIFF"),
+        "bilevel_96x64.png": _save(rgb(96, 64, 19).convert("1"), "PNG"),
+        "exif_rot90_300x200.jpg": _exif_rotated_jpeg(300, 200, 20, orientation=6),
+        "exif_rot180_240x160.jpg": _exif_rotated_jpeg(240, 160, 21, orientation=3),
+        "exif_rot270_200x320.jpg": _exif_rotated_jpeg(200, 320, 22, orientation=8),
+        "exif_mirror_160x160.jpg": _exif_rotated_jpeg(160, 160, 23, orientation=2),
+        "rgb_256x256.tiff": _save(rgb(256, 256, 24), "TIFF"),
+        "progressive_400x300.jpg": _save(rgb(400, 300, 25), "JPEG", quality=75, progressive=True),
+    }
+    return images
+
+
+def _with_alpha(image: Image.Image, seed: int) -> Image.Image:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    alpha = rng.integers(0, 256, (image.height, image.width), dtype=np.uint8)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(Image.fromarray(alpha))
+    return rgba
+
+
+_LONG_TEXT = " ".join(f"word{i} and the {i}th thing" for i in range(40))  # 200 words
+
+# Texts that exercise pre_caption and BPE: case, punctuation, hyphens, slashes, spaces, length,
+# non-ASCII, OFA's <person> tag, tokens that the tokenizer treats specially.
+HYPOTHESES = [
+    "A man is riding a horse.",
+    "Two dogs play in the SNOW!",
+    "...the woman wears a red-and-white dress",
+    "people/children are walking outside",
+    "A cat   sleeps\ton the\n\ncouch",
+    "#hashtag: a photo of ~things~",
+    "A café in Zürich serves crème brûlée",
+    "東京の街を歩く人々",
+    "A dog 🐕 runs after a ball ⚽",
+    "<person> is holding an umbrella",
+    "the image shows <mask> on a table",
+    "a <code_12> token and a <bin_7> token",
+    "quotes \"inside\" and 'single' ones",
+    _LONG_TEXT,
+    "",
+    "   ",
+    "yes",
+    "Maybe, maybe not; who knows?",
+    "The sky is blue -- and there are no clouds / at all.",
+    "UPPERCASE AND lowercase And MiXeD",
+    "numbers 1, 22, 333 and 4.5%",
+    "end with newline\n",
+    "emoji only 😀😀😀",
+    "tab\tseparated\twords",
+    "it's the children's toy, isn't it?",
+]
+
+PREMISES = [
+    None,
+    "A person is outdoors.",
+    "",
+    "Two animals are in the snow - it is cold/windy",
+    _LONG_TEXT,
+    "Ünïcödé premise with àccents",
+    None,
+    "An Old Man Reads A Newspaper.",
+]
+
+
+def build_cases() -> list[Case]:
+    """56 cases: every image at least twice, every text at least twice."""
+    image_names = sorted(build_images())
+    cases = []
+    count = 56
+    for i in range(count):
+        hypothesis = HYPOTHESES[i % len(HYPOTHESES)]
+        premise = PREMISES[(i * 3) % len(PREMISES)]
+        image = image_names[(i * 5) % len(image_names)]
+        cases.append(Case(name=f"case{i:02d}", image=image, hypothesis=hypothesis,
+                          premise=premise))
+    return cases
+
+
+def write_images(directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, data in build_images().items():
+        path = directory / name
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+# Checkpoints the goldens cover: the default tiny one (the service's built-in model) and a
+# variant that changes every setting the exporter must read rather than assume.
+CHECKPOINTS = {
+    "tiny": {},
+    "variant": dict(
+        seed=7, image_size=96, max_src_length=24, imagenet_mean_std=True,
+        architecture_overrides=dict(
+            d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+            decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=384,
+            resnet_type="resnet18", token_bucket_size=64, image_bucket_size=12,
+            scale_embedding=True, share_attn_bias=True, share_decoder_input_output_embed=False,
+            attn_scale_factor=1.5, use_gamma_feature=True, gamma=0.8, normformer=False,
+            activation_function="relu", max_position_embeddings=512)),
+}
+
+VARIANT_CASE_COUNT = 16
+
+
+def cases_for(checkpoint: str) -> list[Case]:
+    cases = build_cases()
+    return cases if checkpoint == "tiny" else cases[:VARIANT_CASE_COUNT]
+
+
+# Published OFA sizes (OFA-Sys config.json files); their tensor names and shapes in ModelScope's
+# OFAModel are recorded by make_goldens.py and compared with this project's module.
+PUBLISHED_SIZES = {
+    "tiny": dict(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+                 resnet_type="resnet50"),
+    "medium": dict(d_model=512, encoder_layers=4, decoder_layers=4, encoder_attention_heads=8,
+                   decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+                   resnet_type="resnet101"),
+    "base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                 resnet_type="resnet101"),
+    "large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                  decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
+                  resnet_type="resnet152"),
+    "huge": dict(d_model=1280, encoder_layers=24, decoder_layers=12, encoder_attention_heads=16,
+                 decoder_attention_heads=16, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
+                 resnet_type="resnet152"),
+}
+PUBLISHED_VOCAB_SIZE = 59457
