@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test goldens reference-env clean
+WORK := work
+TINY := $(WORK)/tiny
+REPOSITORY := $(WORK)/model_repository
+
+.PHONY: setup test serve goldens reference-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,14 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Serve the built-in default model: the generated tiny checkpoint (random weights), exported
+# on first run. Ctrl-C stops the server.
+serve: $(STAMP)
+	@test -f $(TINY)/pytorch_model.bin || $(VENV)/bin/ofa-triton make-tiny-checkpoint $(TINY)
+	@test -f $(REPOSITORY)/ofa_encoder_decoder/1/model.onnx || \
+		$(VENV)/bin/ofa-triton export --model $(TINY) --repository $(REPOSITORY)
+	$(VENV)/bin/ofa-triton serve --repository $(REPOSITORY)
+
 # Regenerate tests/golden/* with ModelScope's own pipeline (needs the reference environment).
 reference-env:
 	bash export/reference/setup.sh
@@ -27,4 +39,4 @@ goldens:
 	.venv-ref/bin/python tests/golden/make_goldens.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache work
+	rm -rf $(VENV) .pytest_cache $(WORK)

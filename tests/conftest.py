@@ -63,6 +63,29 @@ def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("repositories")
     repositories = {}
     for name, checkpoint in checkpoint_dirs.items():
-        export_repository(checkpoint, root / name, device="cpu", progress=lambda _: None)
+        export_repository(checkpoint, root / name, progress=lambda _: None)
         repositories[name] = root / name
     return repositories
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def triton_server(exported_repositories, tmp_path_factory):
+    """A real tritonserver (the nvidia-pytriton wheel's) serving the tiny export on free
+    loopback ports."""
+    from ofa_triton.server import ServerOptions, TritonServer
+
+    options = ServerOptions(repository=exported_repositories["tiny"], host="127.0.0.1",
+                            http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
+    server = TritonServer(options, log_path=tmp_path_factory.mktemp("triton") / "server.log")
+    with server:
+        server.wait_ready()
+        yield server

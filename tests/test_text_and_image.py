@@ -113,5 +113,5 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize("data", [b"", b"not an image", b"\x89PNG\r\n\x1a\n"])
 def test_undecodable_bytes_raise_a_clear_error(data):
-    with pytest.raises(ImageDecodeError, match="could not decode the image"):
+    with pytest.raises(ImageDecodeError, match="could not decode the image|0 bytes"):
         decode_image(data)

@@ -1,4 +1,4 @@
-"""``ofa-triton``: export checkpoints for Triton, and make the built-in tiny checkpoint."""
+"""``ofa-triton``: export OFA checkpoints for Triton, serve them, and query the service."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointEr
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_repository
+    from .triton_config import ServingOptions
 
-    export_repository(args.model, args.repository, device=args.device, precision=args.precision,
+    options = ServingOptions(device=args.device, max_batch_size=args.max_batch_size,
+                             queue_delay_us=args.queue_delay_us,
+                             preprocess_instances=args.preprocess_instances,
+                             encoder_decoder_instances=args.encoder_decoder_instances,
+                             postprocess_instances=args.postprocess_instances)
+    export_repository(args.model, args.repository, options=options, precision=args.precision,
                       version=args.version, patch_image_size=args.patch_image_size,
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type)
     return 0
@@ -31,6 +37,48 @@ def _make_tiny(args: argparse.Namespace) -> int:
         args.directory, seed=DEFAULT_SEED if args.seed is None else args.seed,
         image_size=DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size)
     print(f"wrote a tiny random-weight OFA checkpoint to {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import ServerOptions, run_foreground
+
+    if not (args.repository / "ofa_visual_entailment" / "config.pbtxt").is_file():
+        raise FileNotFoundError(f"{args.repository} is not an exported model repository (no "
+                                "ofa_visual_entailment/config.pbtxt); run ofa-triton export first")
+    return run_foreground(ServerOptions(
+        repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import PredictionError, VisualEntailmentClient
+
+    client = VisualEntailmentClient(args.url, args.protocol, timeout=args.timeout)
+    if args.requests:
+        lines = [json.loads(line) for line in args.requests.read_text().splitlines()
+                 if line.strip()]
+        results = client.predict_many(lines, concurrency=args.concurrency,
+                                      return_exceptions=True)
+        failed = 0
+        for request, result in zip(lines, results):
+            if isinstance(result, Exception):
+                failed += 1
+                print(json.dumps({"image": str(request.get("image"))[:200],
+                                  "error": str(result)}))
+            else:
+                print(json.dumps(result.to_dict()))
+        return 1 if failed else 0
+    if not (args.image and args.hypothesis is not None):
+        raise ValueError("give --image and --hypothesis, or --requests FILE.jsonl")
+    try:
+        prediction = client.predict(args.image, args.hypothesis, args.premise)
+    except PredictionError as error:
+        print(json.dumps({"error": str(error), "status": error.status}))
+        return 1
+    print(json.dumps(prediction.to_dict(), indent=2))
     return 0
 
 
@@ -50,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="graph precision (default: fp32 for cpu, fp16 for gpu)")
     export.add_argument("--version", type=int, default=1, help="model version directory")
+    serving = export.add_argument_group("serving options (written into config.pbtxt)")
+    serving.add_argument("--max-batch-size", type=int, default=32)
+    serving.add_argument("--queue-delay-us", type=int, default=2000,
+                         help="dynamic-batching delay of every step, in microseconds")
+    serving.add_argument("--preprocess-instances", type=int, default=2,
+                         help="CPU instances of ofa_preprocess")
+    serving.add_argument("--encoder-decoder-instances", type=int, default=1,
+                         help="instances of ofa_encoder_decoder (per GPU with --device gpu)")
+    serving.add_argument("--postprocess-instances", type=int, default=1,
+                         help="CPU instances of ofa_postprocess")
     settings = export.add_argument_group(
         "task settings", "override configuration.json; needed for Hugging Face layout "
         "checkpoints, which have none (defaults: the released SNLI-VE settings)")
@@ -57,6 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--max-src-length", type=int)
     settings.add_argument("--prompt-type", choices=("none", "prev_output"))
     export.set_defaults(handler=_export)
+
+    serve = commands.add_parser("serve", help="run tritonserver on an exported repository "
+                                "in the foreground (Ctrl-C stops it)")
+    serve.add_argument("--repository", required=True, type=Path)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.set_defaults(handler=_serve)
+
+    predict = commands.add_parser("predict", help="ask a running server; prints JSON")
+    predict.add_argument("--url", default=None,
+                         help="host:port (default localhost:8000 for http, :8001 for grpc)")
+    predict.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    predict.add_argument("--image", help="a path, an http(s) URL, a data: URL or base64")
+    predict.add_argument("--hypothesis")
+    predict.add_argument("--premise", default=None)
+    predict.add_argument("--requests", type=Path,
+                         help="a JSON-lines file of {image, hypothesis, premise?} objects, "
+                         "sent asynchronously; one JSON result per line")
+    predict.add_argument("--concurrency", type=int, default=16)
+    predict.add_argument("--timeout", type=float, default=60.0)
+    predict.set_defaults(handler=_predict)
 
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")

@@ -29,6 +29,7 @@ from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
 from .settings import ServingSettings
 from .text import OfaTextEncoder
+from .triton_config import ServingOptions, write_model_files
 
 # The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
 TRITON_VERSION = "2.51.0"
@@ -41,7 +42,6 @@ ENSEMBLE_MODEL = "ofa_visual_entailment"
 
 GRAPH_FILE = "model.onnx"
 RECORD_FILE = "export_record.json"
-DEVICES = ("cpu", "gpu")
 DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
 
 
@@ -92,13 +92,13 @@ def export_config_for(loaded: LoadedCheckpoint) -> OnnxExportConfig:
                             eos_token_id=arch.eos_token_id, vocab_size=arch.vocab_size)
 
 
-def export_repository(source: str | Path, repository: str | Path, *, device: str = "cpu",
-                      precision: str | None = None, version: int = 1,
-                      progress: Callable[[str], None] = print,
+def export_repository(source: str | Path, repository: str | Path, *,
+                      options: ServingOptions = ServingOptions(), precision: str | None = None,
+                      version: int = 1, progress: Callable[[str], None] = print,
                       **setting_overrides: Any) -> dict[str, Any]:
-    """Export ``source`` into ``repository`` and return the export record."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    """Export ``source`` into ``repository`` (configs, model.py files, graph, tokenizer
+    files, settings) and return the export record."""
+    device = options.device
     precision = precision or DEFAULT_PRECISION[device]
     repository = Path(repository)
 
@@ -125,7 +125,8 @@ def export_repository(source: str | Path, repository: str | Path, *, device: str
         for extra in Path(scratch).iterdir():  # external-data files of graphs over 2 GB
             shutil.move(str(extra), graph_dir / extra.name)
 
-    progress("[4/4] writing tokenizer files and settings")
+    progress("[4/4] writing the model configs, tokenizer files and settings")
+    write_model_files(repository, version, loaded.settings, options)
     preprocess_dir = repository / PREPROCESS_MODEL / str(version)
     postprocess_dir = repository / POSTPROCESS_MODEL / str(version)
     for directory in (preprocess_dir, postprocess_dir):
@@ -139,6 +140,7 @@ def export_repository(source: str | Path, repository: str | Path, *, device: str
         "source": {"model": checkpoint.source, "directory": str(checkpoint.directory),
                    "layout": checkpoint.layout, "sha256": checkpoint.file_hashes()},
         "export": {"device": device, "precision": precision, "opset": ONNX_OPSET,
+                   "serving": dataclasses.asdict(options),
                    "version": version, "input_names": list(config.input_names),
                    "output_names": list(config.output_names),
                    "dynamic_axes": config.dynamic_axes},

@@ -13,7 +13,7 @@ import dataclasses
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # OFA's two normalizations: 0.5/0.5 unless the config sets imagenet_default_mean_and_std.
 OFA_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -43,11 +43,17 @@ class ImageTransform:
 
 def decode_image(data: bytes) -> Image.Image:
     """Encoded file bytes -> upright RGB PIL image, as ModelScope's load_image."""
+    if not data:
+        raise ImageDecodeError("the image is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             upright = ImageOps.exif_transpose(image)
             return upright.convert("RGB")
-    except Exception as error:  # Pillow raises many types for bad data
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"could not decode the image: its {len(data)} bytes are not an "
+                               "image in a format Pillow reads (JPEG, PNG, WebP, GIF, BMP, "
+                               "TIFF, ...)") from None
+    except Exception as error:  # Pillow raises many types for damaged data
         raise ImageDecodeError(f"could not decode the image ({len(data)} bytes): "
                                f"{type(error).__name__}: {error}") from error
 

@@ -1,0 +1,35 @@
+"""Triton adapter: the exported ONNX scorer in onnxruntime (ofa_triton.runtime).
+
+All requests of a dynamic batch run as one session call; the scores are split back per
+request. KIND_GPU instances use the CUDA provider on the instance's device.
+"""
+
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from ofa_triton.runtime import EncoderDecoderSession, concat_batches, split_rows
+
+INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.session = EncoderDecoderSession(
+            version_dir / "model.onnx", instance_kind=args["model_instance_kind"],
+            device_id=int(args["model_instance_device_id"]))
+        pb_utils.Logger.log_info(f"ofa_encoder_decoder: providers {self.session.providers}")
+
+    def execute(self, requests):
+        try:
+            batch, sizes = concat_batches([
+                {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS}
+                for r in requests])
+            scores = split_rows(self.session(batch), sizes)
+        except Exception as error:  # one error per request, never an escaped exception
+            message = f"encoder-decoder failed: {type(error).__name__}: {error}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                    for _ in requests]
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("answer_scores", s)])
+                for s in scores]

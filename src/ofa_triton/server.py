@@ -1,0 +1,202 @@
+"""Start a real ``tritonserver``: the one shipped in the nvidia-pytriton wheel (Triton 2.51,
+with the Python backend), or one on PATH (the NGC container's).
+
+The wheel's layout, and what it needs to run outside its container (FINDINGS.md):
+- ``pytriton/tritonserver/bin/tritonserver``;
+- ``pytriton/tritonserver/backends/python/``, copied to a writable backend directory together
+  with the stub for the running Python version (``triton_python_backend_stub``);
+- ``LD_LIBRARY_PATH`` including ``nvidia_pytriton.libs`` (the stub fails to start without it).
+
+The Python models import ``ofa_triton``: the server's environment gets a PYTHONPATH with this
+package's parent directory and the interpreter's site-packages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+class TritonNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    backend_source: Path | None     # backends/python of the wheel; None: the binary's default
+    stub: Path | None
+    library_dir: Path | None
+
+
+def find_triton() -> TritonInstall:
+    try:
+        import pytriton
+    except ImportError:
+        pytriton = None
+    if pytriton is not None:
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        libs = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+        if (root / "bin" / "tritonserver").is_file() and stub.is_file():
+            return TritonInstall(root / "bin" / "tritonserver", root / "backends" / "python",
+                                 stub, libs if libs.is_dir() else None)
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), None, None, None)
+    raise TritonNotFoundError(
+        "no tritonserver found: install the serving extra (pip install -e '.[serve]', which "
+        "brings nvidia-pytriton 0.7.0 with Triton 2.51) or put tritonserver on PATH")
+
+
+def _backend_directory(install: TritonInstall, workdir: Path) -> Path | None:
+    if install.backend_source is None:
+        return None
+    backends = workdir / "backends"
+    python_backend = backends / "python"
+    if not python_backend.exists():
+        shutil.copytree(install.backend_source, python_backend,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(install.stub, python_backend / "triton_python_backend_stub")
+    return backends
+
+
+def _python_path() -> str:
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    entries = [package_parent, *site.getsitepackages()]
+    existing = os.environ.get("PYTHONPATH")
+    return os.pathsep.join(entries + ([existing] if existing else []))
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    repository: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "0.0.0.0"
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+
+
+def server_command(options: ServerOptions, workdir: Path,
+                   install: TritonInstall | None = None) -> tuple[list[str], dict[str, str]]:
+    install = install or find_triton()
+    argv = [str(install.binary), f"--model-repository={Path(options.repository).resolve()}",
+            f"--http-port={options.http_port}", f"--grpc-port={options.grpc_port}",
+            f"--metrics-port={options.metrics_port}", f"--http-address={options.host}",
+            f"--grpc-address={options.host}", f"--log-verbose={options.log_verbose}",
+            "--strict-readiness=true", "--exit-on-error=true"]
+    backends = _backend_directory(install, workdir)
+    if backends is not None:
+        argv.append(f"--backend-directory={backends}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _python_path()
+    # The stubs run this interpreter's packages (numpy<2, onnxruntime, Pillow, tokenizers).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if install.library_dir is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(install.library_dir)] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+    return argv + list(options.extra_args), env
+
+
+class TritonServer:
+    """A tritonserver process: ``with TritonServer(options) as server: server.wait_ready()``."""
+
+    def __init__(self, options: ServerOptions, log_path: Path | None = None):
+        self.options = options
+        self._workdir = Path(tempfile.mkdtemp(prefix="ofa-triton-server-"))
+        self.log_path = log_path or self._workdir / "tritonserver.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "TritonServer":
+        argv, env = server_command(self.options, self._workdir)
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.options.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self.process.returncode}; "
+                                   f"its log:\n{self.log()[-6000:]}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s; its log:\n"
+                           f"{self.log()[-6000:]}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        # SIGINT: Triton finishes in-flight requests, unloads the models and exits.
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+
+
+def run_foreground(options: ServerOptions) -> int:
+    """``ofa-triton serve``: tritonserver in the foreground, its log on this terminal. Ctrl-C
+    (or SIGTERM) stops it cleanly."""
+    workdir = Path(tempfile.mkdtemp(prefix="ofa-triton-server-"))
+    argv, env = server_command(options, workdir)
+    print(f"starting {argv[0]} (HTTP :{options.http_port}, gRPC :{options.grpc_port}, "
+          f"metrics :{options.metrics_port}); Ctrl-C stops it", flush=True)
+    process = subprocess.Popen(argv, env=env)
+
+    def forward(signum, _frame):
+        process.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                # The terminal's SIGINT reached tritonserver too; wait for its clean exit.
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(workdir, ignore_errors=True)

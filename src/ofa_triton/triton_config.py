@@ -1,0 +1,81 @@
+"""Lay out the Triton model repository from the templates in ``model_repository/``.
+
+The templates (config.pbtxt with ``$name`` placeholders, and each model's ``1/model.py``) are
+source files of this project; the export renders the configs with the checkpoint's shapes
+and the serving options, and copies each model.py into the version directory it writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import string
+from pathlib import Path
+
+from .settings import ServingSettings
+
+MODEL_NAMES = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess",
+               "ofa_visual_entailment")
+
+
+def template_directory() -> Path:
+    """``model_repository/`` of the source tree (or $OFA_TRITON_TEMPLATES)."""
+    configured = os.environ.get("OFA_TRITON_TEMPLATES")
+    directory = Path(configured) if configured else Path(__file__).resolve().parents[2] / "model_repository"
+    if not (directory / "ofa_visual_entailment" / "config.pbtxt").is_file():
+        raise FileNotFoundError(
+            f"the model-repository templates are not at {directory}; run from a source "
+            "checkout (pip install -e .) or set OFA_TRITON_TEMPLATES to its model_repository/")
+    return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingOptions:
+    """Export parameters of the Triton side."""
+
+    device: str = "cpu"                 # "cpu": KIND_CPU everywhere; "gpu": encoder-decoder KIND_GPU
+    max_batch_size: int = 32
+    queue_delay_us: int = 2000          # how long a step waits to grow a batch
+    preprocess_instances: int = 2       # CPU instances (per server)
+    encoder_decoder_instances: int = 1  # per GPU with device=gpu, per server with device=cpu
+    postprocess_instances: int = 1
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', not {self.device!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int) and value < (0 if field.name == "queue_delay_us" else 1):
+                raise ValueError(f"{field.name} must be positive, got {value}")
+
+
+def render_configs(settings: ServingSettings, options: ServingOptions) -> dict[str, str]:
+    values = {
+        "max_batch_size": options.max_batch_size,
+        "queue_delay_us": options.queue_delay_us,
+        "source_length": settings.task.max_src_length + 2,
+        "decoder_length": settings.task.max_src_length + 1,
+        "image_size": settings.task.patch_image_size,
+        "num_answers": len(settings.task.answers),
+        "preprocess_instances": options.preprocess_instances,
+        "encoder_decoder_instances": options.encoder_decoder_instances,
+        "encoder_decoder_kind": "KIND_GPU" if options.device == "gpu" else "KIND_CPU",
+        "postprocess_instances": options.postprocess_instances,
+    }
+    templates = template_directory()
+    return {name: string.Template((templates / name / "config.pbtxt").read_text()).substitute(values)
+            for name in MODEL_NAMES}
+
+
+def write_model_files(repository: Path, version: int, settings: ServingSettings,
+                      options: ServingOptions) -> None:
+    """config.pbtxt of every model, and each Python model's model.py in ``version``."""
+    templates = template_directory()
+    for name, config in render_configs(settings, options).items():
+        model_dir = repository / name
+        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.pbtxt").write_text(config)
+        source = templates / name / "1" / "model.py"
+        if source.is_file():
+            shutil.copyfile(source, model_dir / str(version) / "model.py")

@@ -1,0 +1,49 @@
+"""docker-compose.yml and its Dockerfile, checked without a Docker engine (none runs here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from ofa_triton.export import TRITON_CONTAINER, TRITON_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICE = COMPOSE["services"]["triton"]
+DOCKERFILE = (ROOT / SERVICE["build"]["dockerfile"]).read_text()
+
+
+def test_image_is_the_ngc_release_of_the_local_triton():
+    import pytriton
+    from importlib import metadata
+
+    assert re.search(rf"^FROM {re.escape(TRITON_CONTAINER)}$", DOCKERFILE, re.M)
+    assert TRITON_CONTAINER.endswith(":24.10-py3") and TRITON_VERSION == "2.51.0"
+    assert metadata.version("nvidia-pytriton") == "0.7.0"   # ships tritonserver 2.51.0
+    assert pytriton
+
+
+def test_dockerfile_installs_the_python_models_dependencies_and_drops_root():
+    requirements = (ROOT / "docker" / "requirements-triton.txt").read_text()
+    for package in ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime-gpu==", "pillow=="):
+        assert package in requirements
+    assert "requirements-triton.txt" in DOCKERFILE and "--no-deps /opt/ofa-triton" in DOCKERFILE
+    assert re.search(r"^USER triton-server$", DOCKERFILE, re.M)
+
+
+def test_repository_is_mounted_read_only():
+    mounts = [v for v in SERVICE["volumes"] if v.rsplit(":", 2)[1] == "/models"]
+    assert len(mounts) == 1 and mounts[0].endswith(":ro")
+    assert "--model-repository=/models" in SERVICE["command"]
+
+
+def test_shm_gpu_healthcheck_and_user():
+    size = SERVICE["shm_size"]
+    assert size.endswith(("gb", "g")) or int(size.rstrip("m")) >= 256
+    devices = SERVICE["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "/v2/health/ready" in " ".join(SERVICE["healthcheck"]["test"])
+    assert SERVICE["user"] == "triton-server"
+    assert {"8000:8000", "8001:8001", "8002:8002"} <= set(SERVICE["ports"])
