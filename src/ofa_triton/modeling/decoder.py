@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from .config import OfaArchitecture
 from .layers import OfaDecoderLayer, causal_attention_mask, padding_attention_mask
-from .positions import (make_image_bucket_position, make_token_bucket_position,
-                        token_bucket_by_offset, token_relative_buckets)
+from .positions import (add_absolute_position_parameters, add_relative_position_tables,
+                        token_relative_buckets)
 
 
 def _decoder_image_position_idx(arch: OfaArchitecture) -> Tensor:
@@ -37,11 +37,7 @@ class OfaDecoder(nn.Module):
         self.embed_tokens = embed_tokens
         self.layers = nn.ModuleList(OfaDecoderLayer(arch) for _ in range(arch.decoder_layers))
         self.layernorm_embedding = nn.LayerNorm(dim) if arch.layernorm_embedding else None
-        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, dim)
-        self.embed_image_positions = nn.Embedding(arch.image_bucket_size ** 2 + 1, dim)
-        self.pos_ln = nn.LayerNorm(dim)
-        self.image_pos_ln = nn.LayerNorm(dim)
-        self.pos_scaling = float(dim / heads * arch.attn_scale_factor) ** -0.5
+        add_absolute_position_parameters(self, arch, heads)
         self.self_pos_q_linear = nn.Linear(dim, dim)
         self.self_pos_k_linear = nn.Linear(dim, dim)
         self.cross_pos_q_linear = nn.Linear(dim, dim)
@@ -53,17 +49,8 @@ class OfaDecoder(nn.Module):
             self.output_projection.weight = embed_tokens.weight
         else:
             self.output_projection = nn.Linear(dim, arch.vocab_size, bias=False)
-        tables = 1 if arch.share_attn_bias else arch.decoder_layers
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(2 * arch.token_bucket_size - 1, heads) for _ in range(tables))
-        image_num_rel_dis = (2 * arch.image_bucket_size - 1) ** 2 + 3
         self.register_buffer("image_position_idx", _decoder_image_position_idx(arch))
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(image_num_rel_dis, heads) for _ in range(tables))
-        self.register_buffer("image_rp_bucket", make_image_bucket_position(arch.image_bucket_size))
-        self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
-        self.register_buffer("token_bucket_by_offset", token_bucket_by_offset(self.token_rp_bucket),
-                             persistent=False)
+        add_relative_position_tables(self, arch, heads, arch.decoder_layers)
 
     def _abs_pos_bias(self, q_linear: nn.Linear, k_linear: nn.Linear, query_pos: Tensor,
                       key_pos: Tensor) -> Tensor:

@@ -15,9 +15,8 @@ from torch import Tensor, nn
 
 from .config import IMAGE_PATCH_STRIDE, OfaArchitecture
 from .layers import OfaEncoderLayer, padding_attention_mask
-from .positions import (image_grid_position_ids, image_relative_buckets,
-                        make_image_bucket_position, make_token_bucket_position,
-                        token_bucket_by_offset, token_relative_buckets)
+from .positions import (add_absolute_position_parameters, add_relative_position_tables,
+                        image_grid_position_ids, image_relative_buckets, token_relative_buckets)
 from .resnet import ResNetPatchEmbedder
 
 
@@ -33,27 +32,13 @@ class OfaEncoder(nn.Module):
         self.embed_images = ResNetPatchEmbedder(arch.resnet_stage_depths)
         self.image_proj = nn.Linear(ResNetPatchEmbedder.out_channels, dim)
         self.patch_layernorm_embedding = nn.LayerNorm(dim) if arch.patch_layernorm_embedding else None
-        self.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, dim)
-        self.embed_image_positions = nn.Embedding(arch.image_bucket_size ** 2 + 1, dim)
-        self.pos_ln = nn.LayerNorm(dim)
-        self.image_pos_ln = nn.LayerNorm(dim)
-        self.pos_scaling = float(dim / heads * arch.attn_scale_factor) ** -0.5
+        add_absolute_position_parameters(self, arch, heads)
         self.pos_q_linear = nn.Linear(dim, dim)
         self.pos_k_linear = nn.Linear(dim, dim)
         self.layers = nn.ModuleList(OfaEncoderLayer(arch) for _ in range(arch.encoder_layers))
         self.layer_norm = nn.LayerNorm(dim) if arch.encoder_normalize_before else None
-        tables = 1 if arch.share_attn_bias else arch.encoder_layers
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(2 * arch.token_bucket_size - 1, heads) for _ in range(tables))
-        image_num_rel_dis = (2 * arch.image_bucket_size - 1) ** 2 + 3
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(image_num_rel_dis, heads) for _ in range(tables))
-        self.register_buffer("image_rp_bucket", make_image_bucket_position(arch.image_bucket_size))
+        add_relative_position_tables(self, arch, heads, arch.encoder_layers)
         self.layernorm_embedding = nn.LayerNorm(dim) if arch.layernorm_embedding else None
-        self.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
-        # Derived from token_rp_bucket after loading (see OfaVisualEntailmentModel.load_checkpoint).
-        self.register_buffer("token_bucket_by_offset", token_bucket_by_offset(self.token_rp_bucket),
-                             persistent=False)
 
     def _image_position_embedding(self, height: Tensor, width: Tensor,
                                   position_ids: Tensor) -> Tensor:

@@ -92,6 +92,15 @@ class _SublayerMixin(nn.Module):
             x = pre_norm(x)
         return x
 
+    def _add_feed_forward(self, arch: OfaArchitecture, ffn_dim: int, normalize_before: bool) -> None:
+        dim = arch.d_model
+        self.activation_fn = ACTIVATIONS[arch.activation_function]
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.ffn_layer_norm = _optional_layer_norm(arch.normformer, ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.normalize_before = normalize_before
+
     def _feed_forward(self, x: Tensor) -> Tensor:
         x = self.activation_fn(self.fc1(x))
         if self.ffn_layer_norm is not None:
@@ -106,12 +115,7 @@ class OfaEncoderLayer(_SublayerMixin):
         self.self_attn = OfaAttention(dim, arch.encoder_attention_heads, arch.attn_scale_factor)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.self_attn_mid_layer_norm = _optional_layer_norm(arch.normformer, dim)
-        self.activation_fn = ACTIVATIONS[arch.activation_function]
-        self.fc1 = nn.Linear(dim, arch.encoder_ffn_dim)
-        self.fc2 = nn.Linear(arch.encoder_ffn_dim, dim)
-        self.ffn_layer_norm = _optional_layer_norm(arch.normformer, arch.encoder_ffn_dim)
-        self.final_layer_norm = nn.LayerNorm(dim)
-        self.normalize_before = arch.encoder_normalize_before
+        self._add_feed_forward(arch, arch.encoder_ffn_dim, arch.encoder_normalize_before)
         if arch.use_gamma_feature:
             self.weight_self_attn = nn.Parameter(torch.full((dim,), float(arch.gamma)))
             self.weight_ffn = nn.Parameter(torch.full((dim,), float(arch.gamma)))
@@ -137,12 +141,7 @@ class OfaDecoderLayer(_SublayerMixin):
         self.cross_attn = OfaAttention(dim, heads, arch.attn_scale_factor)
         self.cross_attn_layer_norm = nn.LayerNorm(dim)
         self.cross_attn_mid_layer_norm = _optional_layer_norm(arch.normformer, dim)
-        self.activation_fn = ACTIVATIONS[arch.activation_function]
-        self.fc1 = nn.Linear(dim, arch.decoder_ffn_dim)
-        self.fc2 = nn.Linear(arch.decoder_ffn_dim, dim)
-        self.ffn_layer_norm = _optional_layer_norm(arch.normformer, arch.decoder_ffn_dim)
-        self.final_layer_norm = nn.LayerNorm(dim)
-        self.normalize_before = arch.decoder_normalize_before
+        self._add_feed_forward(arch, arch.decoder_ffn_dim, arch.decoder_normalize_before)
         if arch.use_gamma_feature:
             self.weight_self_attn = nn.Parameter(torch.full((dim,), float(arch.gamma)))
             self.weight_cross_attn = nn.Parameter(torch.full((dim,), float(arch.gamma)))

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .config import TOKEN_BUCKET_MAX_POSITION
+from .config import TOKEN_BUCKET_MAX_POSITION, OfaArchitecture
 
 
 def make_token_bucket_position(bucket_size: int,
@@ -106,3 +106,30 @@ def verify_bucket_buffers(token_rp_bucket: Tensor, image_rp_bucket: Tensor,
     if not torch.equal(image_relative_buckets(grid, image_bucket_size), expected):
         raise ValueError(f"{where}.image_rp_bucket does not match OFA's image bucket layout "
                          f"for image_bucket_size={image_bucket_size}")
+
+
+def add_absolute_position_parameters(module: nn.Module, arch: OfaArchitecture, heads: int) -> None:
+    """The absolute-position parameters that OFA's encoder and decoder both hold (same names,
+    same registration order as ModelScope's)."""
+    dim = arch.d_model
+    module.embed_positions = nn.Embedding(arch.max_position_embeddings + 2, dim)
+    module.embed_image_positions = nn.Embedding(arch.image_bucket_size ** 2 + 1, dim)
+    module.pos_ln = nn.LayerNorm(dim)
+    module.image_pos_ln = nn.LayerNorm(dim)
+    module.pos_scaling = float(dim / heads * arch.attn_scale_factor) ** -0.5
+
+
+def add_relative_position_tables(module: nn.Module, arch: OfaArchitecture, heads: int,
+                                 layers: int) -> None:
+    """Per-layer (or shared) relative-position bias tables and ModelScope's bucket buffers."""
+    tables = 1 if arch.share_attn_bias else layers
+    module.token_rel_pos_table_list = nn.ModuleList(
+        nn.Embedding(2 * arch.token_bucket_size - 1, heads) for _ in range(tables))
+    image_num_rel_dis = (2 * arch.image_bucket_size - 1) ** 2 + 3
+    module.image_rel_pos_table_list = nn.ModuleList(
+        nn.Embedding(image_num_rel_dis, heads) for _ in range(tables))
+    module.register_buffer("image_rp_bucket", make_image_bucket_position(arch.image_bucket_size))
+    module.register_buffer("token_rp_bucket", make_token_bucket_position(arch.token_bucket_size))
+    # Derived from token_rp_bucket, again after loading (OfaVisualEntailmentModel.load_checkpoint).
+    module.register_buffer("token_bucket_by_offset", token_bucket_by_offset(module.token_rp_bucket),
+                           persistent=False)
