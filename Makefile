@@ -8,12 +8,14 @@ WORK := work
 TINY := $(WORK)/tiny
 REPOSITORY := $(WORK)/model_repository
 
-.PHONY: setup test serve goldens reference-env clean
+REF_STAMP := .venv-ref/.installed
+
+.PHONY: setup test serve bench bench-gpu goldens reference-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[serve,test]"
+	$(PY) -m pip install -q -e ".[serve,test,bench]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,13 +32,27 @@ serve: $(STAMP)
 		$(VENV)/bin/ofa-triton export --model $(TINY) --repository $(REPOSITORY)
 	$(VENV)/bin/ofa-triton serve --repository $(REPOSITORY)
 
-# Regenerate tests/golden/* with ModelScope's own pipeline (needs the reference environment).
-reference-env:
+# The ModelScope reference environment (.venv-ref): goldens and the benchmark's baseline.
+# About 10 minutes the first time.
+$(REF_STAMP): export/reference/requirements.txt export/reference/setup.sh
 	bash export/reference/setup.sh
+	touch $(REF_STAMP)
 
-goldens:
-	@test -x .venv-ref/bin/python || { echo "no reference environment: run 'make reference-env' first"; exit 2; }
+reference-env: $(REF_STAMP)
+
+# Regenerate tests/golden/* with ModelScope's own pipeline.
+goldens: $(REF_STAMP)
 	.venv-ref/bin/python tests/golden/make_goldens.py
+
+# Triton against the ModelScope-pipeline service and the eager PyTorch service, side by side
+# (OFA-tiny architecture, 256 px; about 7 minutes after the environments exist).
+bench: $(STAMP) $(REF_STAMP)
+	$(PY) -m benchmarks.run --profile cpu
+
+# The same on a GPU host: OFA-large architecture, 480 px, fp16 (needs onnxruntime-gpu).
+bench-gpu: $(STAMP) $(REF_STAMP)
+	$(PY) -m pip install -q --no-deps "onnxruntime-gpu==1.31.1"
+	$(PY) -m benchmarks.run --profile gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(WORK)

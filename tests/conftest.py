@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ofa_triton.server import free_port
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
 from tests.golden.cases import CHECKPOINTS, write_images
 
@@ -68,24 +69,18 @@ def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
     return repositories
 
 
-def free_port() -> int:
-    import socket
+def start_triton(repository: Path, log_dir: Path):
+    """A real tritonserver (the nvidia-pytriton wheel's) on free loopback ports."""
+    from ofa_triton.server import ServerOptions, TritonServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
+                            grpc_port=free_port(), metrics_port=free_port())
+    return TritonServer(options, log_path=log_dir / "server.log")
 
 
 @pytest.fixture(scope="session")
 def triton_server(exported_repositories, tmp_path_factory):
-    """A real tritonserver (the nvidia-pytriton wheel's) serving the tiny export on free
-    loopback ports."""
-    from ofa_triton.server import ServerOptions, TritonServer
-
-    options = ServerOptions(repository=exported_repositories["tiny"], host="127.0.0.1",
-                            http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port())
-    server = TritonServer(options, log_path=tmp_path_factory.mktemp("triton") / "server.log")
-    with server:
+    """The tiny export, served for the whole session."""
+    with start_triton(exported_repositories["tiny"], tmp_path_factory.mktemp("triton")) as server:
         server.wait_ready()
         yield server

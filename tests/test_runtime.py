@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofa_triton.runtime import RequestError, concat_batches, rows, split_rows, text_from_bytes
+from ofa_triton.runtime import (RequestError, concat_batches, rows, split_rows, text_from_bytes,
+                                trim_padding)
 from ofa_triton.settings import ServingSettings
 from ofa_triton.triton_config import ServingOptions, render_configs
 
@@ -61,3 +62,14 @@ def test_serving_options_are_checked():
         ServingOptions(device="tpu")
     with pytest.raises(ValueError, match="max_batch_size"):
         ServingOptions(max_batch_size=0)
+
+
+def test_trim_padding_keeps_every_non_pad_column():
+    pad = 1
+    batch = {"input_ids": np.array([[0, 5, 2, 1, 1, 1], [0, 5, 6, 7, 2, 1]]),
+             "decoder_input_ids": np.array([[0, 5, 1, 1, 1], [0, 5, 6, 7, 1]]),
+             "patch_images": np.zeros((2, 3, 4, 4), dtype=np.float32)}
+    trimmed = trim_padding(batch, pad)
+    assert trimmed["input_ids"].tolist() == [[0, 5, 2, 1, 1], [0, 5, 6, 7, 2]]
+    assert trimmed["decoder_input_ids"].tolist() == [[0, 5, 1, 1], [0, 5, 6, 7]]
+    assert trimmed["patch_images"] is batch["patch_images"]

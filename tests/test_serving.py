@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 
 from ofa_triton.client import PredictionError, VisualEntailmentClient
 from ofa_triton.labels import ANSWER_TO_LABEL, LABELS
-from tests.conftest import free_port
+from ofa_triton.server import free_port
 
 PROBABILITY_TOLERANCE = 1e-4
 PROTOCOLS = ("http", "grpc")
@@ -40,6 +40,25 @@ def test_ensemble_answers_like_modelscope(triton_server, goldens_by_name, golden
             got = result.probabilities[ANSWER_TO_LABEL[answer]]
             assert abs(got - expected) <= PROBABILITY_TOLERANCE, case["name"]
         assert abs(result.confidence - case["score"]) <= PROBABILITY_TOLERANCE
+
+
+def test_another_checkpoint_served_answers_like_modelscope(exported_repositories,
+                                                          goldens_by_name, golden_images,
+                                                          tmp_path):
+    """The variant checkpoint (96 px, ImageNet mean/std, max_src_length 24, other layers)."""
+    from tests.conftest import start_triton
+
+    goldens = goldens_by_name["variant"]
+    with start_triton(exported_repositories["variant"], tmp_path) as server:
+        server.wait_ready()
+        results = VisualEntailmentClient(server.grpc_url, "grpc").predict_many(
+            [{"image": golden_images[c["image"]].read_bytes(), "hypothesis": c["hypothesis"],
+              "premise": c["premise"]} for c in goldens.cases], concurrency=8)
+    for case, result in zip(goldens.cases, results):
+        assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
+        for answer, expected in zip(goldens.answers, case["probabilities"]):
+            assert abs(result.probabilities[ANSWER_TO_LABEL[answer]] - expected) <= \
+                PROBABILITY_TOLERANCE, case["name"]
 
 
 def test_public_contract_shapes_and_types(triton_server):

@@ -23,7 +23,8 @@ def _export(args: argparse.Namespace) -> int:
                              queue_delay_us=args.queue_delay_us,
                              preprocess_instances=args.preprocess_instances,
                              encoder_decoder_instances=args.encoder_decoder_instances,
-                             postprocess_instances=args.postprocess_instances)
+                             postprocess_instances=args.postprocess_instances,
+                             intra_op_threads=args.intra_op_threads)
     export_repository(args.model, args.repository, options=options, precision=args.precision,
                       version=args.version, patch_image_size=args.patch_image_size,
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type)
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instances of ofa_encoder_decoder (per GPU with --device gpu)")
     serving.add_argument("--postprocess-instances", type=int, default=1,
                          help="CPU instances of ofa_postprocess")
+    serving.add_argument("--intra-op-threads", type=int, default=0,
+                         help="onnxruntime threads per encoder-decoder instance (0: all cores)")
     settings = export.add_argument_group(
         "task settings", "override configuration.json; needed for Hugging Face layout "
         "checkpoints, which have none (defaults: the released SNLI-VE settings)")

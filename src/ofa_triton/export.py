@@ -5,6 +5,7 @@ Layout written under the repository (one Triton version directory per model):
 
     ofa_encoder_decoder/<version>/model.onnx          the scorer graph
     ofa_encoder_decoder/<version>/export_record.json  settings, versions, hashes, validation
+    ofa_encoder_decoder/<version>/ofa_settings.json   (the pad id, to trim padding per batch)
     ofa_preprocess/<version>/vocab.json, merges.txt   the checkpoint's BPE files
     ofa_preprocess/<version>/ofa_settings.json        image size, mean/std, prompts, token ids
     ofa_postprocess/<version>/ofa_settings.json       the answers and their order
@@ -129,7 +130,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
     write_model_files(repository, version, loaded.settings, options)
     preprocess_dir = repository / PREPROCESS_MODEL / str(version)
     postprocess_dir = repository / POSTPROCESS_MODEL / str(version)
-    for directory in (preprocess_dir, postprocess_dir):
+    for directory in (preprocess_dir, graph_dir, postprocess_dir):
         directory.mkdir(parents=True, exist_ok=True)
         loaded.settings.write(directory)
     shutil.copyfile(checkpoint.vocab_file, preprocess_dir / "vocab.json")

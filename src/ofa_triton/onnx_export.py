@@ -87,6 +87,7 @@ def export_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, path:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     traced = copy.deepcopy(model).half() if precision == "fp16" else model
     path.parent.mkdir(parents=True, exist_ok=True)
+    existing = set(path.parent.iterdir())
     sample = {k: torch.from_numpy(v) for k, v in config.random_inputs(2, seed=0).items()}
     traced.eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -98,7 +99,22 @@ def export_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, path:
             input_names=list(config.input_names), output_names=list(config.output_names),
             dynamic_axes=config.dynamic_axes, opset_version=config.opset,
             do_constant_folding=True, dynamo=False)
+    written = set(path.parent.iterdir()) - existing - {path}
+    if written:
+        _consolidate_external_data(path, written)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _consolidate_external_data(path: Path, tensor_files: set[Path]) -> None:
+    """Graphs over protobuf's 2 GB limit (OFA-huge in fp32) are written by the exporter with
+    one external file per tensor; keep them as one ``model.onnx.data`` beside the graph."""
+    import onnx
+
+    model = onnx.load(str(path))   # reads the external tensors into memory
+    for tensor_file in tensor_files:
+        tensor_file.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
 
 
 def _session(path: Path, providers: list[str]):

@@ -4,6 +4,7 @@ small classes, testable without a server.
 - ``RequestError``: a problem with one request, reported to its client as INVALID_ARG;
 - ``text_from_bytes`` / ``optional_text``: TYPE_STRING elements to str, with clear errors;
 - ``concat_batches`` / ``split_rows``: merge the requests of a dynamic batch and split back;
+- ``trim_padding``: drop the token columns that are padding in the whole batch;
 - ``EncoderDecoderSession``: the onnxruntime session on the instance's device.
 """
 
@@ -53,6 +54,23 @@ def split_rows(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return np.split(array, np.cumsum(sizes)[:-1])
 
 
+TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
+
+
+def trim_padding(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.ndarray]:
+    """Cut the token columns that are padding in every row. Preprocessing pads to a fixed
+    length so that Triton can batch any requests; the graph takes any length, and trailing
+    padding changes no score (masked in the encoder, after the last position in the causal
+    decoder), so the encoder-decoder need not compute it."""
+    trimmed = dict(batch)
+    for name in TOKEN_INPUTS:
+        ids = batch[name]
+        used = np.flatnonzero((ids != pad_token_id).any(axis=0))
+        width = int(used[-1]) + 1 if used.size else 1
+        trimmed[name] = np.ascontiguousarray(ids[:, :width])
+    return trimmed
+
+
 class EncoderDecoderSession:
     """The exported scorer in onnxruntime, on the device Triton gave this model instance."""
 
@@ -63,6 +81,9 @@ class EncoderDecoderSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
+        # No busy-waiting between operators: on a CPU host the preprocessing stubs need
+        # those cycles.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         if instance_kind.upper() == "GPU":
             available = ort.get_available_providers()

@@ -26,6 +26,15 @@ import urllib.request
 from pathlib import Path
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for tests and benchmarks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class TritonNotFoundError(FileNotFoundError):
     pass
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ofa_triton.synthetic import photo_like
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -23,24 +25,6 @@ class Case:
     premise: str | None         # None: hypothesis-only prompt (ModelScope: no text2)
 
 
-def _photo_like(width: int, height: int, seed: int) -> np.ndarray:
-    """Smooth gradients, a few shapes and sensor-like noise: JPEG-friendly, not flat."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([
-        128 + 100 * np.sin(x / max(width, 1) * np.pi * rng.uniform(0.5, 3) + rng.uniform(0, 6)),
-        128 + 100 * np.cos(y / max(height, 1) * np.pi * rng.uniform(0.5, 3) + rng.uniform(0, 6)),
-        128 + 90 * np.sin((x + y) / max(width + height, 1) * np.pi * rng.uniform(1, 4)),
-    ], axis=-1)
-    for _ in range(4):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        radius = rng.uniform(0.1, 0.4) * min(width, height) + 1
-        inside = (x - cx) ** 2 + (y - cy) ** 2 < radius ** 2
-        base[inside] = rng.uniform(0, 255, 3)
-    base += rng.normal(0, 6, base.shape)
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
 def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
@@ -48,7 +32,7 @@ def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def _exif_rotated_jpeg(width: int, height: int, seed: int, orientation: int) -> bytes:
-    image = Image.fromarray(_photo_like(width, height, seed))
+    image = Image.fromarray(photo_like(width, height, seed))
     exif = Image.Exif()
     exif[0x0112] = orientation
     return _save(image, "JPEG", quality=90, exif=exif.tobytes())
@@ -56,7 +40,7 @@ def _exif_rotated_jpeg(width: int, height: int, seed: int, orientation: int) -> 
 
 def build_images() -> dict[str, bytes]:
     """file name -> encoded bytes."""
-    rgb = lambda w, h, s: Image.fromarray(_photo_like(w, h, s))  # noqa: E731
+    rgb = lambda w, h, s: Image.fromarray(photo_like(w, h, s))  # noqa: E731
     images = {
         "photo_640x480.jpg": _save(rgb(640, 480, 1), "JPEG", quality=88),
         "photo_1280x960.jpg": _save(rgb(1280, 960, 2), "JPEG", quality=85),

@@ -4,11 +4,13 @@ All requests of a dynamic batch run as one session call; the scores are split ba
 request. KIND_GPU instances use the CUDA provider on the instance's device.
 """
 
+import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.runtime import EncoderDecoderSession, concat_batches, split_rows
+from ofa_triton.runtime import EncoderDecoderSession, concat_batches, split_rows, trim_padding
+from ofa_triton.settings import ServingSettings
 
 INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 
@@ -16,9 +18,12 @@ INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
         self.session = EncoderDecoderSession(
             version_dir / "model.onnx", instance_kind=args["model_instance_kind"],
-            device_id=int(args["model_instance_device_id"]))
+            device_id=int(args["model_instance_device_id"]), intra_op_threads=threads)
+        self.pad_token_id = ServingSettings.read(version_dir).pad_token_id
         pb_utils.Logger.log_info(f"ofa_encoder_decoder: providers {self.session.providers}")
 
     def execute(self, requests):
@@ -26,7 +31,7 @@ class TritonPythonModel:
             batch, sizes = concat_batches([
                 {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS}
                 for r in requests])
-            scores = split_rows(self.session(batch), sizes)
+            scores = split_rows(self.session(trim_padding(batch, self.pad_token_id)), sizes)
         except Exception as error:  # one error per request, never an escaped exception
             message = f"encoder-decoder failed: {type(error).__name__}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

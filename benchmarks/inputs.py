@@ -1,0 +1,65 @@
+"""Realistic benchmark requests: photo-like JPEGs of typical sizes with natural texts.
+
+Written two ways from the same requests:
+- ``perf_analyzer_inputs.json`` for ``perf_analyzer --input-data``: BYTES elements as
+  ``{"b64": ...}`` whose content already carries each element's 4-byte little-endian length
+  prefix (perf_analyzer sends b64 content as-is);
+- a list of dicts for the closed-loop load generator and the baselines.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+from pathlib import Path
+
+from PIL import Image
+
+from ofa_triton.synthetic import photo_like
+
+SIZES = ((640, 480), (1280, 960))
+
+TEXTS = [
+    ("Two men are playing soccer on a green field.", "People are playing a sport."),
+    ("A woman in a red coat walks her dog in the park.", "A dog is outside."),
+    ("A child is eating ice cream on a sunny day.", "The child is sleeping."),
+    ("A group of friends sit around a campfire at night.", None),
+    ("An old man is reading a newspaper on a bench.", "A man is reading."),
+    ("Cars are stuck in traffic on a busy highway.", "The road is empty."),
+    ("A chef prepares food in a restaurant kitchen.", None),
+    ("Two cats are sleeping on a sofa near the window.", "Animals are resting indoors."),
+]
+
+
+def build_requests(count: int = 16, seed: int = 1000) -> list[dict]:
+    """``count`` requests cycling through the sizes and texts; images differ per request."""
+    requests = []
+    for index in range(count):
+        width, height = SIZES[index % len(SIZES)]
+        buffer = io.BytesIO()
+        Image.fromarray(photo_like(width, height, seed + index)).save(buffer, "JPEG", quality=85)
+        hypothesis, premise = TEXTS[index % len(TEXTS)]
+        requests.append({"image": buffer.getvalue(), "hypothesis": hypothesis, "premise": premise})
+    return requests
+
+
+def _length_prefixed_b64(value: bytes) -> dict:
+    return {"b64": base64.b64encode(struct.pack("<I", len(value)) + value).decode()}
+
+
+def write_perf_analyzer_inputs(requests: list[dict], path: Path) -> Path:
+    """One perf_analyzer "data" entry per request. The premise is always sent (an empty one
+    means hypothesis-only), because perf_analyzer needs the same inputs in every entry."""
+    data = []
+    for request in requests:
+        data.append({
+            "image": {"content": _length_prefixed_b64(request["image"]), "shape": [1]},
+            "hypothesis": {"content": _length_prefixed_b64(request["hypothesis"].encode()),
+                           "shape": [1]},
+            "premise": {"content": _length_prefixed_b64((request["premise"] or "").encode()),
+                        "shape": [1]},
+        })
+    path.write_text(json.dumps({"data": data}))
+    return path

@@ -1,0 +1,72 @@
+"""The real perf_analyzer (shipped in tritonclient 2.50.0's wheel) against the ensemble.
+
+It needs ``libb64.so.0d`` and ``libcudart.so.12``. The nvidia-pytriton wheel vendors both
+(renamed by auditwheel), so a private directory of symlinks under the sonames is enough: no
+apt package and no CUDA download.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+VENDORED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+
+
+def perf_analyzer_binary() -> Path:
+    candidate = Path(sys.executable).parent / "perf_analyzer"
+    found = candidate if candidate.is_file() else shutil.which("perf_analyzer")
+    if not found:
+        raise FileNotFoundError("perf_analyzer not found: pip install 'tritonclient[all]==2.50.0'")
+    return Path(found)
+
+
+def library_directory(workdir: Path) -> Path:
+    import pytriton
+
+    vendored = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    target = workdir / "perf_analyzer_libs"
+    target.mkdir(parents=True, exist_ok=True)
+    for soname, prefix in VENDORED.items():
+        matches = sorted(vendored.glob(prefix + "*"))
+        if not matches:
+            raise FileNotFoundError(f"{prefix}* not in {vendored}; install libb64-0d and "
+                                    "nvidia-cuda-runtime-cu12 instead")
+        link = target / soname
+        if not link.exists():
+            link.symlink_to(matches[0])
+    return target
+
+
+def run_perf_analyzer(url: str, inputs_json: Path, concurrency: int, csv_path: Path,
+                      workdir: Path, measurement_ms: int = 4000, max_trials: int = 6,
+                      model: str = "ofa_visual_entailment") -> dict:
+    """One concurrency level over gRPC; returns the CSV row (all figures in microseconds)."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(library_directory(workdir))] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+    argv = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", "grpc",
+            "--input-data", str(inputs_json), "--concurrency-range", f"{concurrency}:{concurrency}",
+            "--measurement-interval", str(measurement_ms), "--max-trials", str(max_trials),
+            "--stability-percentage", "30", "-f", str(csv_path), "--verbose-csv"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    (csv_path.with_suffix(".log")).write_text(result.stdout + result.stderr)
+    if result.returncode != 0 and not csv_path.exists():
+        raise RuntimeError(f"perf_analyzer failed ({result.returncode}):\n{result.stdout[-3000:]}"
+                           f"\n{result.stderr[-3000:]}")
+    with open(csv_path) as handle:
+        rows = list(csv.DictReader(handle))
+    row = rows[0]
+    return {"concurrency": concurrency,
+            "throughput": float(row["Inferences/Second"]),
+            "p50_ms": float(row["p50 latency"]) / 1000, "p90_ms": float(row["p90 latency"]) / 1000,
+            "p99_ms": float(row["p99 latency"]) / 1000,
+            "avg_ms": float(row["Avg latency"]) / 1000,
+            "server_queue_ms": float(row["Server Queue"]) / 1000,
+            "server_compute_infer_ms": float(row["Server Compute Infer"]) / 1000,
+            "stable": "Failed to obtain stable measurement" not in result.stdout + result.stderr,
+            "csv": csv_path.name}
