@@ -28,9 +28,17 @@ def render(results: dict, name: str) -> str:
              + f". Each load level ran {results['profile']['duration']:.0f} s after a 2 s warm-up."]
     headline = [[NAMES[key], f"{results[key]['throughput']:.2f}", f"{results[key]['p50_ms']:.0f}",
                  f"{results[key]['p99_ms']:.0f}"] for key in NAMES if results.get(key)]
+    rounds = results["triton"].get("rounds", 1)
     parts.append(f"**At concurrency {results['concurrency']}** (one closed-loop load generator, "
-                 "same inputs, interleaved):\n\n" + _table(
+                 f"same inputs, interleaved; median of {rounds} rounds):\n\n" + _table(
                      ["system", "throughput (req/s)", "p50 (ms)", "p99 (ms)"], headline))
+    if results.get("headline_rounds"):
+        per_round = [f"{t['throughput'] / b['throughput']:.2f}x" for t, b in
+                     zip(results["headline_rounds"]["triton"],
+                         results["headline_rounds"].get("baseline", []))]
+        if per_round:
+            parts.append("Triton / ModelScope throughput in each round: " + ", ".join(per_round)
+                         + ".")
     if results.get("ratios_at_concurrency_8"):
         ratios = results["ratios_at_concurrency_8"]
         parts.append(f"Triton / ModelScope: **{ratios['throughput_triton_over_modelscope']:.2f}x "
@@ -82,11 +90,12 @@ def update(name: str) -> None:
     results_path = ROOT / "benchmarks" / "results" / f"{name}.json"
     results = json.loads(results_path.read_text())
     text = DOCUMENT.read_text()
-    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results:{re.escape(name)} -->)",
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)",
                          re.S)
     if not pattern.search(text):
         raise SystemExit(f"BENCHMARKS.md has no <!-- results:{name} --> section")
-    DOCUMENT.write_text(pattern.sub(lambda m: m.group(1) + render(results, name) + m.group(2), text))
+    DOCUMENT.write_text(pattern.sub(lambda m: m.group(1) + render(results, name) + "\n" + m.group(2),
+                                    text))
     print(f"updated {DOCUMENT} from {results_path}")
 
 
