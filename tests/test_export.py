@@ -114,3 +114,11 @@ def test_cli_makes_the_tiny_checkpoint(tmp_path, tiny_checkpoint):
     assert json.loads((tmp_path / "tiny/GENERATED.json").read_text()) == \
         json.loads((tiny_checkpoint / "GENERATED.json").read_text())
     assert not Path(tmp_path / "repo").exists()
+
+
+def test_export_refuses_to_overwrite_the_templates(tiny_checkpoint):
+    from ofa_triton.triton_config import template_directory
+
+    result = _run("export", "--model", tiny_checkpoint, "--repository", template_directory())
+    assert result.returncode == 2 and "templates" in result.stderr
+    assert not (template_directory() / "ofa_encoder_decoder" / "1" / "model.onnx").exists()

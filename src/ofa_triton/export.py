@@ -30,7 +30,7 @@ from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
 from .settings import ServingSettings
 from .text import OfaTextEncoder
-from .triton_config import ServingOptions, write_model_files
+from .triton_config import ServingOptions, check_output_directory, write_model_files
 
 # The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
 TRITON_VERSION = "2.51.0"
@@ -102,6 +102,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
     device = options.device
     precision = precision or DEFAULT_PRECISION[device]
     repository = Path(repository)
+    check_output_directory(repository)
 
     progress(f"[1/4] loading checkpoint {source}")
     loaded = load_checkpoint(source, **setting_overrides)

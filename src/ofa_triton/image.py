@@ -32,7 +32,8 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 [3, size, size], normalized."""
-        resized = image.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        resized = rgb.resize((self.size, self.size), Image.BICUBIC)
         # torchvision's ToTensor divides uint8 by 255 in float32; Normalize then does
         # (x - mean) / std in float32. Same operations, same order.
         pixels = np.asarray(resized, dtype=np.float32) / np.float32(255)
@@ -47,8 +48,8 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageDecodeError("the image is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+            upright = ImageOps.exif_transpose(image)   # a loaded copy, never the lazy file
+            return upright if upright.mode == "RGB" else upright.convert("RGB")
     except UnidentifiedImageError:
         raise ImageDecodeError(f"could not decode the image: its {len(data)} bytes are not an "
                                "image in a format Pillow reads (JPEG, PNG, WebP, GIF, BMP, "

@@ -30,6 +30,13 @@ def template_directory() -> Path:
     return directory
 
 
+def check_output_directory(repository: Path) -> None:
+    """Refuse to export into the templates themselves."""
+    if Path(repository).resolve() == template_directory().resolve():
+        raise ValueError(f"{repository} holds the model-repository templates; export into "
+                         "another directory (for example work/model_repository)")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingOptions:
     """Export parameters of the Triton side."""
