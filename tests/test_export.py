@@ -37,7 +37,7 @@ def test_export_writes_a_checked_graph_tokenizer_files_and_a_record(exported_rep
     assert dims["input_ids"] == ["batch", "source_length"]
     assert dims["decoder_input_ids"] == ["batch", "prompt_length"]
 
-    record = json.loads((graph.parent / "export_record.json").read_text())
+    record = json.loads((graph.parent / "manifest.json").read_text())
     assert record["source"]["sha256"]["pytorch_model.bin"] == \
         sha256_file(tiny_checkpoint / "pytorch_model.bin")
     assert record["export"]["precision"] == "fp32" and record["export"]["opset"] == ONNX_OPSET
@@ -80,7 +80,7 @@ def test_cli_exports_the_gpu_fp16_variant_of_another_configuration(checkpoint_di
                   "--device", "gpu")
     assert result.returncode == 0, result.stderr
     assert "[4/4]" in result.stdout
-    record = json.loads((tmp_path / "ofa_encoder_decoder/1/export_record.json").read_text())
+    record = json.loads((tmp_path / "ofa_encoder_decoder/1/manifest.json").read_text())
     assert record["export"]["precision"] == "fp16"
     assert record["validation"]["max_abs_diff_log_prob"] <= record["validation"]["tolerance"]
     assert record["settings"]["mean"] == [0.485, 0.456, 0.406]   # imagenet mean/std read

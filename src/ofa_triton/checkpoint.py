@@ -14,7 +14,6 @@ Accepted sources:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from .image import IMAGENET_MEAN_STD, OFA_MEAN_STD
 from .labels import DEFAULT_ANSWER_MAP
+from .manifest import sha256_file
 from .modeling.config import OfaArchitecture
 from .settings import TaskSettings
 from .text import HYPOTHESIS_ONLY_PROMPT, PREMISE_HYPOTHESIS_PROMPT
@@ -68,14 +68,6 @@ class OfaCheckpoint:
 
     def load_state_dict(self) -> dict[str, Any]:
         return load_weights(self.weights_file)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

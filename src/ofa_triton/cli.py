@@ -83,6 +83,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from .manifest import verify_repository
+
+    if not args.repository.is_dir():
+        raise FileNotFoundError(f"{args.repository} is not a directory")
+    results = verify_repository(args.repository)
+    if not results:
+        raise FileNotFoundError(f"{args.repository} holds no models (no */config.pbtxt)")
+    failed = 0
+    for version, problems in results.items():
+        if problems:
+            failed += 1
+            print(f"FAIL {version}")
+            for problem in problems:
+                print(f"     {problem}")
+        else:
+            print(f"ok   {version}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa-triton", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.set_defaults(handler=_serve)
+
+    verify = commands.add_parser("verify", help="check an exported repository against its "
+                                 "manifests (exit 0 when clean)")
+    verify.add_argument("--repository", required=True, type=Path)
+    verify.set_defaults(handler=_verify)
 
     predict = commands.add_parser("predict", help="ask a running server; prints JSON")
     predict.add_argument("--url", default=None,

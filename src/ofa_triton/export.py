@@ -3,8 +3,9 @@ files and the settings the Python models read, plus a record of how they were ma
 
 Layout written under the repository (one Triton version directory per model):
 
+    <model>/<version>/manifest.json                   source and artifact sha256, settings,
+                                                      validation, versions (every model)
     ofa_encoder_decoder/<version>/model.onnx          the scorer graph
-    ofa_encoder_decoder/<version>/export_record.json  settings, versions, hashes, validation
     ofa_encoder_decoder/<version>/ofa_settings.json   (the pad id, to trim padding per batch)
     ofa_preprocess/<version>/vocab.json, merges.txt   the checkpoint's BPE files
     ofa_preprocess/<version>/ofa_settings.json        image size, mean/std, prompts, token ids
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import platform
 import shutil
 import tempfile
@@ -26,11 +26,17 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import OfaCheckpoint, open_checkpoint
+from .manifest import write_manifest
 from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
 from .settings import ServingSettings
 from .text import OfaTextEncoder
-from .triton_config import ServingOptions, check_output_directory, write_model_files
+from .triton_config import (
+    MODEL_NAMES,
+    ServingOptions,
+    check_output_directory,
+    write_model_files,
+)
 
 # The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
 TRITON_VERSION = "2.51.0"
@@ -42,7 +48,6 @@ POSTPROCESS_MODEL = "ofa_postprocess"
 ENSEMBLE_MODEL = "ofa_visual_entailment"
 
 GRAPH_FILE = "model.onnx"
-RECORD_FILE = "export_record.json"
 DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
 
 
@@ -151,6 +156,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
         "validation": validation,
         "versions": package_versions(),
     }
-    (graph_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    for name in MODEL_NAMES:
+        write_manifest(repository / name / str(version), record)
     progress(f"done: {graph_dir / GRAPH_FILE}")
     return record

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.runtime import EncoderDecoderSession, concat_batches, split_rows, trim_padding
+from ofa_triton.manifest import verify_version_directory
+from ofa_triton.runtime import (
+    EncoderDecoderSession,
+    concat_batches,
+    split_rows,
+    trim_padding,
+)
 from ofa_triton.settings import ServingSettings
 
 INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
@@ -18,6 +24,7 @@ INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
         parameters = json.loads(args["model_config"]).get("parameters", {})
         threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
         self.session = EncoderDecoderSession(

@@ -6,12 +6,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.labels import scores_to_outputs
+from ofa_triton.manifest import verify_version_directory
 from ofa_triton.settings import ServingSettings
 
 
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
         self.answers = ServingSettings.read(version_dir).task.answers
 
     def execute(self, requests):

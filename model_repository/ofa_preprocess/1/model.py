@@ -11,6 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.image import ImageDecodeError
+from ofa_triton.manifest import verify_version_directory
 from ofa_triton.preprocessing import VisualEntailmentPreprocessor
 from ofa_triton.runtime import RequestError, rows, text_from_bytes
 
@@ -18,6 +19,7 @@ from ofa_triton.runtime import RequestError, rows, text_from_bytes
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
         self.preprocessor = VisualEntailmentPreprocessor.from_directory(version_dir)
         self.output_names = [o["name"] for o in json.loads(args["model_config"])["output"]]
 
