@@ -47,9 +47,15 @@ def _serve(args: argparse.Namespace) -> int:
     if not (args.repository / "ofa_visual_entailment" / "config.pbtxt").is_file():
         raise FileNotFoundError(f"{args.repository} is not an exported model repository (no "
                                 "ofa_visual_entailment/config.pbtxt); run ofa-triton export first")
+    import os
+
+    admin_key = os.environ.get(args.admin_key_env) if args.admin_key_env else None
+    if args.admin_key_env and not admin_key:
+        raise ValueError(f"--admin-key-env {args.admin_key_env}: that variable is not set")
     return run_foreground(ServerOptions(
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose))
+        metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
+        model_control=args.model_control, admin_key=admin_key))
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -147,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--model-control", choices=("none", "explicit"), default="none",
+                       help="explicit: load/unload models through the repository API")
+    serve.add_argument("--admin-key-env", metavar="VARIABLE",
+                       help="environment variable holding the admin key: the model-repository, "
+                       "model-config and shared-memory APIs then need the header "
+                       "'admin-key: <key>' (inference stays open)")
     serve.set_defaults(handler=_serve)
 
     verify = commands.add_parser("verify", help="check an exported repository against its "

@@ -95,7 +95,23 @@ class ServerOptions:
     metrics_port: int = 8002
     host: str = "0.0.0.0"
     log_verbose: int = 0
+    # "none": the repository is fixed at start (the safe default: model code is not
+    # sandboxed); "explicit": models load and unload through the model-repository API.
+    model_control: str = "none"
+    # With a key, the admin endpoints (model repository, model config, shared memory) need
+    # the header "admin-key: <key>"; inference, health, metadata and statistics stay open.
+    admin_key: str | None = None
     extra_args: tuple[str, ...] = ()
+
+
+ADMIN_HEADER = "admin-key"
+RESTRICTED_APIS = "model-repository,model-config,shared-memory"
+
+
+def admin_headers(protocol: str, key: str) -> dict[str, str]:
+    """The header that unlocks the restricted APIs. Triton expects gRPC's under a prefix."""
+    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+    return {name: key}
 
 
 def server_command(options: ServerOptions, workdir: Path,
@@ -106,6 +122,15 @@ def server_command(options: ServerOptions, workdir: Path,
             f"--metrics-port={options.metrics_port}", f"--http-address={options.host}",
             f"--grpc-address={options.host}", f"--log-verbose={options.log_verbose}",
             "--strict-readiness=true", "--exit-on-error=true"]
+    if options.model_control not in ("none", "explicit"):
+        raise ValueError(f"model_control must be 'none' or 'explicit', not {options.model_control!r}")
+    argv.append(f"--model-control-mode={options.model_control}")
+    if options.model_control == "explicit":
+        argv.append("--load-model=*")
+    if options.admin_key:
+        restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={options.admin_key}"
+        argv += [f"--http-restricted-api={restriction}",
+                 f"--grpc-restricted-protocol={restriction}"]
     backends = _backend_directory(install, workdir)
     if backends is not None:
         argv.append(f"--backend-directory={backends}")
@@ -192,7 +217,8 @@ def run_foreground(options: ServerOptions) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ofa-triton-server-"))
     argv, env = server_command(options, workdir)
     print(f"starting {argv[0]} (HTTP :{options.http_port}, gRPC :{options.grpc_port}, "
-          f"metrics :{options.metrics_port}); Ctrl-C stops it", flush=True)
+          f"metrics :{options.metrics_port}, model control {options.model_control}, admin API "
+          f"{'restricted by key' if options.admin_key else 'open'}); Ctrl-C stops it", flush=True)
     process = subprocess.Popen(argv, env=env)
 
     def forward(signum, _frame):
