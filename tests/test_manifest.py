@@ -51,7 +51,8 @@ def test_verify_names_changed_missing_and_unlisted_files(repository):
         handle.write(b" ")
     (repository / "ofa_postprocess/1/ofa_settings.json").unlink()
     (repository / "ofa_encoder_decoder/1/extra.bin").write_bytes(b"x")
-    (repository / "ofa_encoder_decoder/1/__pycache__").mkdir()   # Python's own, ignored
+    # Python writes __pycache__ there once a server has loaded model.py; it is ignored.
+    (repository / "ofa_encoder_decoder/1/__pycache__").mkdir(exist_ok=True)
     (repository / "ofa_encoder_decoder/1/__pycache__/model.cpython-311.pyc").write_bytes(b"x")
     result = _verify(repository)
     assert result.returncode == 1
