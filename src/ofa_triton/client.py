@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from .labels import LABELS
+from .triton_config import ENSEMBLE_MODEL
 
-MODEL_NAME = "ofa_visual_entailment"
+MODEL_NAME = ENSEMBLE_MODEL
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 MAX_IMAGE_DOWNLOAD_BYTES = 64 * 1024 * 1024

@@ -31,21 +31,13 @@ from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
 from .settings import ServingSettings
 from .text import OfaTextEncoder
-from .triton_config import (
-    MODEL_NAMES,
-    ServingOptions,
-    check_output_directory,
-    write_model_files,
-)
+from .triton_config import (ENCODER_DECODER_MODEL, MODEL_NAMES, POSTPROCESS_MODEL,
+                            PREPROCESS_MODEL, ServingOptions, check_output_directory,
+                            write_model_files)
 
 # The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
 TRITON_VERSION = "2.51.0"
 TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"
-
-PREPROCESS_MODEL = "ofa_preprocess"
-ENCODER_DECODER_MODEL = "ofa_encoder_decoder"
-POSTPROCESS_MODEL = "ofa_postprocess"
-ENSEMBLE_MODEL = "ofa_visual_entailment"
 
 GRAPH_FILE = "model.onnx"
 DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}

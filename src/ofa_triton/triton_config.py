@@ -15,8 +15,11 @@ from pathlib import Path
 
 from .settings import ServingSettings
 
-MODEL_NAMES = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess",
-               "ofa_visual_entailment")
+PREPROCESS_MODEL = "ofa_preprocess"
+ENCODER_DECODER_MODEL = "ofa_encoder_decoder"
+POSTPROCESS_MODEL = "ofa_postprocess"
+ENSEMBLE_MODEL = "ofa_visual_entailment"
+MODEL_NAMES = (PREPROCESS_MODEL, ENCODER_DECODER_MODEL, POSTPROCESS_MODEL, ENSEMBLE_MODEL)
 
 
 def template_directory() -> Path:
