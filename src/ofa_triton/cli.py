@@ -24,7 +24,9 @@ def _export(args: argparse.Namespace) -> int:
                              preprocess_instances=args.preprocess_instances,
                              encoder_decoder_instances=args.encoder_decoder_instances,
                              postprocess_instances=args.postprocess_instances,
-                             intra_op_threads=args.intra_op_threads)
+                             intra_op_threads=args.intra_op_threads,
+                             max_queue_size=args.max_queue_size,
+                             queue_timeout_us=args.queue_timeout_us)
     export_repository(args.model, args.repository, options=options, precision=args.precision,
                       version=args.version, patch_image_size=args.patch_image_size,
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type)
@@ -135,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instances of ofa_encoder_decoder (per GPU with --device gpu)")
     serving.add_argument("--postprocess-instances", type=int, default=1,
                          help="CPU instances of ofa_postprocess")
+    serving.add_argument("--max-queue-size", type=int, default=256,
+                         help="waiting requests per step before new ones are refused "
+                         "(0: unbounded)")
+    serving.add_argument("--queue-timeout-us", type=int, default=0,
+                         help="longest wait in a step's queue before a request is refused "
+                         "(0: no limit)")
     serving.add_argument("--intra-op-threads", type=int, default=0,
                          help="onnxruntime threads per encoder-decoder instance (0: all cores)")
     settings = export.add_argument_group(

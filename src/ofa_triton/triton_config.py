@@ -51,13 +51,16 @@ class ServingOptions:
     encoder_decoder_instances: int = 1  # per GPU with device=gpu, per server with device=cpu
     postprocess_instances: int = 1
     intra_op_threads: int = 0           # onnxruntime threads per encoder-decoder instance; 0: all cores
+    max_queue_size: int = 256           # requests waiting per step before new ones are refused
+    queue_timeout_us: int = 0           # longest wait in a step's queue; 0: no limit
 
     def __post_init__(self):
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', not {self.device!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            minimum = 0 if field.name in ("queue_delay_us", "intra_op_threads") else 1
+            minimum = 0 if field.name in ("queue_delay_us", "intra_op_threads", "max_queue_size",
+                                          "queue_timeout_us") else 1
             if isinstance(value, int) and value < minimum:
                 raise ValueError(f"{field.name} must be positive, got {value}")
 
@@ -75,6 +78,8 @@ def render_configs(settings: ServingSettings, options: ServingOptions) -> dict[s
         "encoder_decoder_kind": "KIND_GPU" if options.device == "gpu" else "KIND_CPU",
         "postprocess_instances": options.postprocess_instances,
         "intra_op_threads": options.intra_op_threads,
+        "max_queue_size": options.max_queue_size,
+        "queue_timeout_us": options.queue_timeout_us,
     }
     templates = template_directory()
     return {name: string.Template((templates / name / "config.pbtxt").read_text()).substitute(values)
