@@ -2,7 +2,7 @@
 small classes, testable without a server.
 
 - ``RequestError``: a problem with one request, reported to its client as INVALID_ARG;
-- ``text_from_bytes`` / ``optional_text``: TYPE_STRING elements to str, with clear errors;
+- ``text_from_bytes`` / ``rows``: TYPE_STRING tensors to str, with clear errors;
 - ``concat_batches`` / ``split_rows``: merge the requests of a dynamic batch and split back;
 - ``trim_padding``: drop the token columns that are padding in the whole batch;
 - ``EncoderDecoderSession``: the onnxruntime session on the instance's device.

@@ -4,15 +4,13 @@ Each request is preprocessed on its own; a bad one gets its own INVALID_ARG erro
 others of the dynamic batch go on.
 """
 
-import json
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.image import ImageDecodeError
 from ofa_triton.manifest import verify_version_directory
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor
+from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.runtime import RequestError, rows, text_from_bytes
 
 
@@ -21,7 +19,6 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
         self.preprocessor = VisualEntailmentPreprocessor.from_directory(version_dir)
-        self.output_names = [o["name"] for o in json.loads(args["model_config"])["output"]]
 
     def _one(self, request):
         images = pb_utils.get_input_tensor_by_name(request, "image")
@@ -36,10 +33,8 @@ class TritonPythonModel:
             samples.append(self.preprocessor(
                 bytes(image), text_from_bytes(hypothesis, "hypothesis"),
                 None if premise is None else text_from_bytes(premise, "premise")))
-        tensors = {name: np.stack([getattr(s, name) for s in samples])
-                   for name in self.output_names}
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()])
+            output_tensors=[pb_utils.Tensor(name, value) for name, value in stack(samples).items()])
 
     def execute(self, requests):
         responses = []
