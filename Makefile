@@ -10,7 +10,7 @@ REPOSITORY := $(WORK)/model_repository
 
 REF_STAMP := .venv-ref/.installed
 
-.PHONY: setup test serve bench bench-gpu goldens reference-env clean
+.PHONY: setup test serve bench bench-gpu soak goldens reference-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ bench: $(STAMP) $(REF_STAMP)
 bench-gpu: $(STAMP) $(REF_STAMP)
 	$(PY) -m pip install -q --no-deps "onnxruntime-gpu==1.31.1"
 	$(PY) -m benchmarks.run --profile gpu
+
+# Soak: a fresh tiny export under steady open-loop load (80% of its measured capacity, one
+# request in ten invalid) for 30 minutes, memory of the server and every stub sampled; exit 1
+# when a valid request fails, an invalid one misses its 400, or a process grows more than
+# 50 MB over the second half. Writes benchmarks/results/soak.json and soak_memory.csv.
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak --minutes $(or $(MINUTES),30)
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(WORK)

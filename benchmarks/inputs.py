@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 from pathlib import Path
 
 from PIL import Image
 
 from ofa_triton.synthetic import photo_like
+from ofa_triton.warmup import serialize_strings
 
 SIZES = ((640, 480), (1280, 960))
 
@@ -46,7 +46,7 @@ def build_requests(count: int = 16, seed: int = 1000) -> list[dict]:
 
 
 def _length_prefixed_b64(value: bytes) -> dict:
-    return {"b64": base64.b64encode(struct.pack("<I", len(value)) + value).decode()}
+    return {"b64": base64.b64encode(serialize_strings([value])).decode()}
 
 
 def write_perf_analyzer_inputs(requests: list[dict], path: Path) -> Path:

@@ -84,3 +84,31 @@ def triton_server(exported_repositories, tmp_path_factory):
     with start_triton(exported_repositories["tiny"], tmp_path_factory.mktemp("triton")) as server:
         server.wait_ready()
         yield server
+
+
+PROBABILITY_TOLERANCE = 1e-4   # served answers against ModelScope's (fp32 graph, any batch)
+
+
+def assert_answers_match_goldens(client, goldens: Goldens, golden_images: dict[str, Path],
+                                 concurrency: int = 8) -> None:
+    """Every golden case through ``client`` (a VisualEntailmentClient): ModelScope's label,
+    probabilities within PROBABILITY_TOLERANCE. ModelScope answers a blank hypothesis; the
+    service refuses it with INVALID_ARG, which is checked instead."""
+    from ofa_triton.client import PredictionError
+    from ofa_triton.labels import ANSWER_TO_LABEL
+
+    requests = [{"image": golden_images[c["image"]].read_bytes(), "hypothesis": c["hypothesis"],
+                 "premise": c["premise"]} for c in goldens.cases]
+    results = client.predict_many(requests, concurrency=concurrency, return_exceptions=True)
+    for case, result in zip(goldens.cases, results):
+        if not case["hypothesis"].strip():
+            assert isinstance(result, PredictionError), (case["name"], result)
+            assert result.status in ("400", "StatusCode.INVALID_ARGUMENT")
+            assert "'hypothesis' is empty" in str(result)
+            continue
+        assert not isinstance(result, Exception), (case["name"], result)
+        assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
+        for answer, expected in zip(goldens.answers, case["probabilities"]):
+            got = result.probabilities[ANSWER_TO_LABEL[answer]]
+            assert abs(got - expected) <= PROBABILITY_TOLERANCE, case["name"]
+        assert abs(result.confidence - case["score"]) <= PROBABILITY_TOLERANCE, case["name"]

@@ -8,7 +8,7 @@ import pytest
 from ofa_triton.runtime import (RequestError, concat_batches, rows, split_rows, text_from_bytes,
                                 trim_padding)
 from ofa_triton.settings import ServingSettings
-from ofa_triton.triton_config import ServingOptions, render_configs
+from ofa_triton.triton_config import ServedVersions, ServingOptions, render_configs
 
 
 def test_text_from_bytes():
@@ -43,11 +43,11 @@ def settings(exported_repositories):
 
 def test_gpu_and_cpu_configurations(settings):
     gpu = render_configs(settings, ServingOptions(device="gpu", encoder_decoder_instances=2,
-                                                  preprocess_instances=4))
+                                                  preprocess_instances=4), ServedVersions(1))
     assert "count: 2, kind: KIND_GPU" in gpu["ofa_encoder_decoder"]
     assert "count: 4, kind: KIND_CPU" in gpu["ofa_preprocess"]
     assert "KIND_CPU" in gpu["ofa_postprocess"]
-    cpu = render_configs(settings, ServingOptions(device="cpu"))
+    cpu = render_configs(settings, ServingOptions(device="cpu"), ServedVersions(1))
     assert "kind: KIND_CPU" in cpu["ofa_encoder_decoder"]
     for name, text in cpu.items():
         assert "$" not in text
@@ -62,6 +62,8 @@ def test_serving_options_are_checked():
         ServingOptions(device="tpu")
     with pytest.raises(ValueError, match="max_batch_size"):
         ServingOptions(max_batch_size=0)
+    with pytest.raises(ValueError, match="name prefix"):
+        ServingOptions(name_prefix="../large")
 
 
 def test_trim_padding_keeps_every_non_pad_column():

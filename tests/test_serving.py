@@ -17,8 +17,8 @@ import tritonclient.http as httpclient
 from ofa_triton.client import PredictionError, VisualEntailmentClient
 from ofa_triton.labels import ANSWER_TO_LABEL, LABELS
 from ofa_triton.server import free_port
+from tests.conftest import PROBABILITY_TOLERANCE, assert_answers_match_goldens
 
-PROBABILITY_TOLERANCE = 1e-4
 PROTOCOLS = ("http", "grpc")
 
 
@@ -30,35 +30,10 @@ def _client(server, protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_ensemble_answers_like_modelscope(triton_server, goldens_by_name, golden_images,
                                           protocol):
-    goldens = goldens_by_name["tiny"]
-    requests = [{"image": golden_images[c["image"]].read_bytes(), "hypothesis": c["hypothesis"],
-                 "premise": c["premise"]} for c in goldens.cases]
-    results = _client(triton_server, protocol).predict_many(requests, concurrency=8)
-    for case, result in zip(goldens.cases, results):
-        assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
-        for answer, expected in zip(goldens.answers, case["probabilities"]):
-            got = result.probabilities[ANSWER_TO_LABEL[answer]]
-            assert abs(got - expected) <= PROBABILITY_TOLERANCE, case["name"]
-        assert abs(result.confidence - case["score"]) <= PROBABILITY_TOLERANCE
-
-
-def test_another_checkpoint_served_answers_like_modelscope(exported_repositories,
-                                                          goldens_by_name, golden_images,
-                                                          tmp_path):
-    """The variant checkpoint (96 px, ImageNet mean/std, max_src_length 24, other layers)."""
-    from tests.conftest import start_triton
-
-    goldens = goldens_by_name["variant"]
-    with start_triton(exported_repositories["variant"], tmp_path) as server:
-        server.wait_ready()
-        results = VisualEntailmentClient(server.grpc_url, "grpc").predict_many(
-            [{"image": golden_images[c["image"]].read_bytes(), "hypothesis": c["hypothesis"],
-              "premise": c["premise"]} for c in goldens.cases], concurrency=8)
-    for case, result in zip(goldens.cases, results):
-        assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
-        for answer, expected in zip(goldens.answers, case["probabilities"]):
-            assert abs(result.probabilities[ANSWER_TO_LABEL[answer]] - expected) <= \
-                PROBABILITY_TOLERANCE, case["name"]
+    """The tiny checkpoint's goldens; the variant checkpoint's are checked in
+    test_many_models.py, where it is served beside this one."""
+    assert_answers_match_goldens(_client(triton_server, protocol), goldens_by_name["tiny"],
+                                 golden_images)
 
 
 def test_public_contract_shapes_and_types(triton_server):
@@ -115,25 +90,27 @@ def _raw_request(protocol, url, tensors):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_mixed_valid_and_invalid_requests_in_shared_batches(triton_server, golden_images,
                                                             goldens_by_name, protocol):
-    """Sent concurrently so that they share dynamic batches: every valid request gets its
-    right answer and every invalid one its own INVALID_ARG error naming the problem."""
+    """Sent concurrently so that they share dynamic batches (ofa_preprocess runs fewer
+    executions than inferences): every valid request gets its golden answer, every invalid
+    one of the bad-input corpus (tests/bad_inputs.py) its own INVALID_ARG error naming the
+    problem, and no Python stub crashes or restarts."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from tests.bad_inputs import INVALID_ARG, INVALID_IMAGES, INVALID_TEXTS, stub_trouble
 
     goldens = goldens_by_name["tiny"]
     url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
     valid = [(c, {"image": golden_images[c["image"]].read_bytes(),
                   "hypothesis": c["hypothesis"].encode()})
-             for c in goldens.cases[:24] if not c["premise"]]
-    invalid = [
-        ({"image": b"", "hypothesis": b"a dog"}, "empty"),
-        ({"image": b"this is not an image", "hypothesis": b"a dog"}, "not an image"),
-        ({"image": golden_images["photo_640x480.jpg"].read_bytes()[:300],
-          "hypothesis": b"a dog"}, "could not decode the image"),
-        ({"image": golden_images["small_23x17.png"].read_bytes(), "hypothesis": b"\xff\xfe"},
-         "not valid UTF-8"),
-    ] * 3
+             for c in goldens.cases if not c["premise"] and c["hypothesis"].strip()][:24]
+    photo = golden_images["photo_640x480.jpg"].read_bytes()
+    invalid = [({"image": make(), "hypothesis": b"a dog"}, fragment)
+               for make, fragment in INVALID_IMAGES.values()]
+    invalid += [({"image": photo, "hypothesis": hypothesis,
+                  **({} if premise is None else {"premise": premise})}, fragment)
+                for hypothesis, premise, fragment in INVALID_TEXTS.values()]
     jobs = [("valid", case, tensors) for case, tensors in valid] + \
-           [("invalid", expected, tensors) for tensors, expected in invalid]
+           [("invalid", expected, tensors) for tensors, expected in invalid * 2]
     order = np.random.default_rng(0).permutation(len(jobs))
 
     def send(job):
@@ -143,20 +120,33 @@ def test_mixed_valid_and_invalid_requests_in_shared_batches(triton_server, golde
         except Exception as error:
             return kind, expected, None, error
 
+    stats_client = httpclient.InferenceServerClient(triton_server.http_url)
+
+    def preprocess_counts():
+        stats = stats_client.get_inference_statistics("ofa_preprocess")["model_stats"][0]
+        return stats["inference_count"], stats["execution_count"]
+
+    log_mark, before = len(triton_server.log()), preprocess_counts()
     with ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(send, [jobs[i] for i in order]))
+    after = preprocess_counts()
     for kind, expected, result, error in outcomes:
         if kind == "valid":
             assert error is None, error
             label = result.as_numpy("label")[0, 0].decode()
             assert label == ANSWER_TO_LABEL[expected["answer"]], expected["name"]
+            probabilities = dict(zip(LABELS, result.as_numpy("probabilities")[0]))
+            for answer, probability in zip(goldens.answers, expected["probabilities"]):
+                assert abs(probabilities[ANSWER_TO_LABEL[answer]] - probability) <= \
+                    PROBABILITY_TOLERANCE, expected["name"]
         else:
             assert result is None
-            status = str(error.status())
-            assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (status, str(error))
+            assert str(error.status()) == INVALID_ARG[protocol], (error.status(), str(error))
             assert expected in str(error)
-    assert httpclient.InferenceServerClient(triton_server.http_url).is_server_ready()
-    assert "Stub process" not in triton_server.log()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert executions < inferences, f"{executions} executions for {inferences} inferences"
+    assert stats_client.is_server_ready()
+    assert not stub_trouble(triton_server.log()[log_mark:])
 
 
 def test_dynamic_batches_really_form(triton_server, golden_images):

@@ -6,13 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import limits
 from .checkpoint import CheckpointError
+from .deploy import DeployError
 from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
 from .onnx_export import PRECISIONS, ExportValidationError
+from .triton_config import ENSEMBLE_MODEL
 
 # Errors that mean "this input cannot be exported": shown as one line, exit code 2.
 USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError,
-               ExportValidationError, FileNotFoundError, ValueError)
+               ExportValidationError, DeployError, FileNotFoundError, ValueError)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -26,10 +29,12 @@ def _export(args: argparse.Namespace) -> int:
                              postprocess_instances=args.postprocess_instances,
                              intra_op_threads=args.intra_op_threads,
                              max_queue_size=args.max_queue_size,
-                             queue_timeout_us=args.queue_timeout_us)
+                             queue_timeout_us=args.queue_timeout_us,
+                             name_prefix=args.name_prefix)
     export_repository(args.model, args.repository, options=options, precision=args.precision,
                       version=args.version, patch_image_size=args.patch_image_size,
-                      max_src_length=args.max_src_length, prompt_type=args.prompt_type)
+                      max_src_length=args.max_src_length, prompt_type=args.prompt_type,
+                      limits=limits.from_export_arguments(args))
     return 0
 
 
@@ -46,18 +51,39 @@ def _make_tiny(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, run_foreground
 
-    if not (args.repository / "ofa_visual_entailment" / "config.pbtxt").is_file():
+    if not any(args.repository.glob(f"*{ENSEMBLE_MODEL}/config.pbtxt")):
         raise FileNotFoundError(f"{args.repository} is not an exported model repository (no "
-                                "ofa_visual_entailment/config.pbtxt); run ofa-triton export first")
-    import os
-
-    admin_key = os.environ.get(args.admin_key_env) if args.admin_key_env else None
-    if args.admin_key_env and not admin_key:
-        raise ValueError(f"--admin-key-env {args.admin_key_env}: that variable is not set")
+                                f"{ENSEMBLE_MODEL}/config.pbtxt); run ofa-triton export first")
     return run_foreground(ServerOptions(
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
-        model_control=args.model_control, admin_key=admin_key))
+        model_control=args.model_control, admin_key=_admin_key(args)))
+
+
+def _admin_key(args: argparse.Namespace) -> str | None:
+    import os
+
+    if not args.admin_key_env:
+        return None
+    key = os.environ.get(args.admin_key_env)
+    if not key:
+        raise ValueError(f"--admin-key-env {args.admin_key_env}: that variable is not set")
+    return key
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy
+
+    deploy(args.repository, args.version, model=args.model, url=args.url,
+           admin_key=_admin_key(args))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .deploy import rollback
+
+    rollback(args.repository, model=args.model, url=args.url, admin_key=_admin_key(args))
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -65,7 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .client import PredictionError, VisualEntailmentClient
 
-    client = VisualEntailmentClient(args.url, args.protocol, timeout=args.timeout)
+    client = VisualEntailmentClient(args.url, args.protocol, model_name=args.model,
+                                    timeout=args.timeout)
     if args.requests:
         lines = [json.loads(line) for line in args.requests.read_text().splitlines()
                  if line.strip()]
@@ -126,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the encoder-decoder will run (default: cpu)")
     export.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="graph precision (default: fp32 for cpu, fp16 for gpu)")
-    export.add_argument("--version", type=int, default=1, help="model version directory")
+    export.add_argument("--version", type=int, default=None,
+                        help="the version to write (default: the next free number; 1 in a new "
+                        "repository)")
+    export.add_argument("--name-prefix", default="",
+                        help="prepended to the four model names, so that several checkpoints "
+                        "share one repository (for example large_ -> large_ofa_visual_entailment)")
     serving = export.add_argument_group("serving options (written into config.pbtxt)")
     serving.add_argument("--max-batch-size", type=int, default=32)
     serving.add_argument("--queue-delay-us", type=int, default=2000,
@@ -151,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--patch-image-size", type=int)
     settings.add_argument("--max-src-length", type=int)
     settings.add_argument("--prompt-type", choices=("none", "prev_output"))
+    limits.add_export_arguments(export)
     export.set_defaults(handler=_export)
 
     serve = commands.add_parser("serve", help="run tritonserver on an exported repository "
@@ -169,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "'admin-key: <key>' (inference stays open)")
     serve.set_defaults(handler=_serve)
 
+    for name, handler, summary in (
+            ("deploy", _deploy, "serve another exported version: the repository's configs, "
+             "and with --url the running server (explicit model control), with no downtime; "
+             "a version that fails its checks or its load changes nothing"),
+            ("rollback", _rollback, "deploy the version that served before the last deploy")):
+        command = commands.add_parser(name, help=summary, description=summary)
+        command.add_argument("--repository", required=True, type=Path,
+                             help="the exported repository (the one the server runs)")
+        command.add_argument("--url", default=None,
+                             help="a running server's HTTP host:port (for example "
+                             "localhost:8000) to switch now; without it, only the files change "
+                             "and the next start serves the version")
+        if name == "deploy":
+            command.add_argument("--version", type=int, required=True,
+                                 help="the version directory to serve (exported with --version)")
+        command.add_argument("--model", default=ENSEMBLE_MODEL,
+                             help="the ensemble (with an export's --name-prefix: the prefix + "
+                             f"{ENSEMBLE_MODEL})")
+        command.add_argument("--admin-key-env", metavar="VARIABLE",
+                             help="environment variable holding the server's admin key")
+        command.set_defaults(handler=handler)
+
     verify = commands.add_parser("verify", help="check an exported repository against its "
                                  "manifests (exit 0 when clean)")
     verify.add_argument("--repository", required=True, type=Path)
@@ -178,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--url", default=None,
                          help="host:port (default localhost:8000 for http, :8001 for grpc)")
     predict.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    predict.add_argument("--model", default=ENSEMBLE_MODEL,
+                         help=f"the ensemble to ask (default {ENSEMBLE_MODEL}; with an export's "
+                         "--name-prefix, that prefix + it)")
     predict.add_argument("--image", help="a path, an http(s) URL, a data: URL or base64")
     predict.add_argument("--hypothesis")
     predict.add_argument("--premise", default=None)

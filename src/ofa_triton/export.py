@@ -1,8 +1,11 @@
 """Checkpoint -> Triton model-repository artifacts: the validated ONNX graph, the tokenizer
 files and the settings the Python models read, plus a record of how they were made.
 
-Layout written under the repository (one Triton version directory per model):
+Layout written under the repository (one Triton version directory per model; every model
+name may carry the export's name prefix):
 
+    <model>/config.pbtxt                              rendered from model_repository/
+    <model>/warmup/                                   the warmup sample's tensors (warmup.py)
     <model>/<version>/manifest.json                   source and artifact sha256, settings,
                                                       validation, versions (every model)
     ofa_encoder_decoder/<version>/model.onnx          the scorer graph
@@ -10,12 +13,19 @@ Layout written under the repository (one Triton version directory per model):
     ofa_preprocess/<version>/vocab.json, merges.txt   the checkpoint's BPE files
     ofa_preprocess/<version>/ofa_settings.json        image size, mean/std, prompts, token ids
     ofa_postprocess/<version>/ofa_settings.json       the answers and their order
+
+Exporting into a repository that already holds these models adds a version beside the
+others (the next free number unless one is given). Triton's versions of one model share one
+config.pbtxt, so the new version must have the same tensor shapes (image size, source length,
+number of answers); a checkpoint with other shapes goes under another name prefix. The configs
+keep serving the version they served: ``ofa-triton deploy`` switches to the new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import platform
 import shutil
 import tempfile
@@ -26,14 +36,16 @@ from typing import Any
 
 from . import __version__
 from .checkpoint import OfaCheckpoint, open_checkpoint
-from .manifest import write_manifest
+from .limits import InputLimits
+from .manifest import MANIFEST_FILE, write_manifest
 from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
+from .preprocessing import VisualEntailmentPreprocessor
 from .settings import ServingSettings
 from .text import OfaTextEncoder
-from .triton_config import (ENCODER_DECODER_MODEL, MODEL_NAMES, POSTPROCESS_MODEL,
-                            PREPROCESS_MODEL, ServingOptions, check_output_directory,
-                            write_model_files)
+from .triton_config import (ModelNames, ServedVersions, ServingOptions, check_output_directory,
+                            read_served_versions, write_model_files)
+from .warmup import write_warmup_files
 
 # The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
 TRITON_VERSION = "2.51.0"
@@ -83,6 +95,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _score(model: OfaVisualEntailmentModel, batch: dict) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(**{name: torch.from_numpy(value) for name, value in batch.items()}).numpy()
+
+
 def export_config_for(loaded: LoadedCheckpoint) -> OnnxExportConfig:
     arch = loaded.checkpoint.architecture
     return OnnxExportConfig(image_size=loaded.settings.task.patch_image_size,
@@ -90,19 +109,74 @@ def export_config_for(loaded: LoadedCheckpoint) -> OnnxExportConfig:
                             eos_token_id=arch.eos_token_id, vocab_size=arch.vocab_size)
 
 
+def existing_versions(repository: Path, names: ModelNames) -> dict[int, Path]:
+    """{version: a manifest of it} for the versions already in ``repository`` under
+    ``names`` (any of the four models)."""
+    versions = {}
+    for model in names.by_template().values():
+        model_dir = repository / model
+        if model_dir.is_dir():
+            for directory in model_dir.iterdir():
+                if directory.is_dir() and directory.name.isdigit():
+                    versions.setdefault(int(directory.name), directory / MANIFEST_FILE)
+    return versions
+
+
+# Settings that decide the configs' tensor shapes, which every version of a model shares.
+SHAPE_SETTINGS = ("patch_image_size", "max_src_length")
+
+
+def check_new_version(repository: Path, names: ModelNames, version: int,
+                      settings: ServingSettings) -> None:
+    """Refuse to overwrite a version, or to add one whose shapes differ from the others'."""
+    existing = existing_versions(repository, names)
+    if version in existing:
+        raise ValueError(f"version {version} of {names.ensemble} already exists in {repository}; "
+                         f"export as --version {max(existing) + 1}, or remove that version's "
+                         "directories first")
+    new = settings.to_dict()
+    for other, manifest in sorted(existing.items()):
+        if not manifest.is_file():
+            continue
+        old = json.loads(manifest.read_text())["settings"]
+        differing = [key for key in SHAPE_SETTINGS if old[key] != new[key]]
+        if len(old["answers"]) != len(new["answers"]):
+            differing.append("number of answers")
+        if differing:
+            raise ValueError(
+                f"version {other} in {repository} differs in {', '.join(differing)}; the versions "
+                "of one Triton model share one config.pbtxt, so this checkpoint cannot be a "
+                "version of the same models: export it under another name, for example "
+                "--name-prefix large_")
+
+
 def export_repository(source: str | Path, repository: str | Path, *,
                       options: ServingOptions = ServingOptions(), precision: str | None = None,
-                      version: int = 1, progress: Callable[[str], None] = print,
+                      version: int | None = None, progress: Callable[[str], None] = print,
+                      limits: InputLimits = InputLimits(),
                       **setting_overrides: Any) -> dict[str, Any]:
     """Export ``source`` into ``repository`` (configs, model.py files, graph, tokenizer
-    files, settings) and return the export record."""
+    files, settings, warmup sample) as ``version`` (default: the next free one) and return
+    the export record."""
     device = options.device
+    names = options.names
     precision = precision or DEFAULT_PRECISION[device]
     repository = Path(repository)
     check_output_directory(repository)
+    if version is None:
+        version = max(existing_versions(repository, names), default=0) + 1
+    if version < 1:
+        raise ValueError(f"version must be 1 or more, got {version}")
 
     progress(f"[1/4] loading checkpoint {source}")
     loaded = load_checkpoint(source, **setting_overrides)
+    # The request limits travel with the other serving settings (ofa_settings.json, manifest).
+    loaded = dataclasses.replace(loaded, settings=dataclasses.replace(loaded.settings,
+                                                                      limits=limits))
+    check_new_version(repository, names, version, loaded.settings)
+    # A new repository serves this version; in an existing one what serves stays (switch
+    # with ofa-triton deploy).
+    served = read_served_versions(repository, names.ensemble) or ServedVersions(version)
     checkpoint = loaded.checkpoint
     arch = checkpoint.architecture
     progress(f"      {checkpoint.layout} layout, d_model={arch.d_model}, "
@@ -110,7 +184,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
              f"{loaded.settings.task.patch_image_size}px, answers {list(loaded.settings.task.answers)}")
 
     config = export_config_for(loaded)
-    graph_dir = repository / ENCODER_DECODER_MODEL / str(version)
+    graph_dir = repository / names.encoder_decoder / str(version)
     with tempfile.TemporaryDirectory(prefix="ofa-export-") as scratch:
         scratch_graph = Path(scratch) / GRAPH_FILE
         progress(f"[2/4] exporting the {precision} ONNX graph (opset {config.opset})")
@@ -124,15 +198,18 @@ def export_repository(source: str | Path, repository: str | Path, *,
         for extra in Path(scratch).iterdir():  # external-data files of graphs over 2 GB
             shutil.move(str(extra), graph_dir / extra.name)
 
-    progress("[4/4] writing the model configs, tokenizer files and settings")
-    write_model_files(repository, version, loaded.settings, options)
-    preprocess_dir = repository / PREPROCESS_MODEL / str(version)
-    postprocess_dir = repository / POSTPROCESS_MODEL / str(version)
+    progress(f"[4/4] writing version {version} of {names.ensemble}: configs, tokenizer "
+             "files, settings, warmup sample")
+    write_model_files(repository, version, loaded.settings, options, served)
+    preprocess_dir = repository / names.preprocess / str(version)
+    postprocess_dir = repository / names.postprocess / str(version)
     for directory in (preprocess_dir, graph_dir, postprocess_dir):
         directory.mkdir(parents=True, exist_ok=True)
         loaded.settings.write(directory)
     shutil.copyfile(checkpoint.vocab_file, preprocess_dir / "vocab.json")
     shutil.copyfile(checkpoint.merges_file, preprocess_dir / "merges.txt")
+    write_warmup_files(repository, names, VisualEntailmentPreprocessor.from_directory(
+        preprocess_dir), lambda batch: _score(loaded.model, batch))
 
     record = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -148,7 +225,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
         "validation": validation,
         "versions": package_versions(),
     }
-    for name in MODEL_NAMES:
+    for name in names.by_template().values():
         write_manifest(repository / name / str(version), record)
     progress(f"done: {graph_dir / GRAPH_FILE}")
     return record

@@ -3,6 +3,9 @@
 Token ids are right-padded to fixed lengths (max_src_length + 2 for the source, + 1 for the
 decoder prompt) so that Triton's dynamic batcher can merge any two requests. Padding changes
 no score: padded encoder positions are masked, and the causal decoder never looks at them.
+
+A request is checked against the export's input limits (``settings.limits``) first: the texts
+here, the image where it is decoded.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .image import ImageTransform, decode_image
+from .limits import check_texts
 from .settings import ServingSettings
 from .text import OfaTextEncoder, PromptTemplates
 
@@ -32,6 +36,7 @@ class VisualEntailmentPreprocessor:
     def __init__(self, settings: ServingSettings, vocab_file: str | Path, merges_file: str | Path):
         task = settings.task
         self.settings = settings
+        self.limits = settings.limits
         self.text = OfaTextEncoder(vocab_file, merges_file, max_src_length=task.max_src_length,
                                    prompt_type=task.prompt_type,
                                    templates=PromptTemplates(task.hypothesis_prompt,
@@ -59,11 +64,18 @@ class VisualEntailmentPreprocessor:
         return self._padded(source, self.source_length), self._padded(decoder, self.decoder_length)
 
     def image_inputs(self, image_bytes: bytes) -> np.ndarray:
-        return self.transform(decode_image(image_bytes))
+        return self.transform(decode_image(image_bytes, self.limits))
 
-    def __call__(self, image_bytes: bytes, hypothesis: str, premise: str | None) -> ModelInputs:
+    def tensors(self, image_bytes: bytes, hypothesis: str, premise: str | None) -> ModelInputs:
+        """ModelScope's preprocessing of any texts (blank ones too); only the image limits."""
         input_ids, decoder_input_ids = self.text_inputs(hypothesis, premise)
         return ModelInputs(input_ids, self.image_inputs(image_bytes), decoder_input_ids)
+
+    def __call__(self, image_bytes: bytes, hypothesis: str, premise: str | None) -> ModelInputs:
+        """One request of the service: the texts checked against the limits (first: that is
+        cheap), then its tensors."""
+        check_texts(hypothesis, premise, self.limits)
+        return self.tensors(image_bytes, hypothesis, premise)
 
 
 def stack(inputs: list[ModelInputs]) -> dict[str, np.ndarray]:

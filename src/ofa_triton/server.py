@@ -121,7 +121,10 @@ def server_command(options: ServerOptions, workdir: Path,
             f"--http-port={options.http_port}", f"--grpc-port={options.grpc_port}",
             f"--metrics-port={options.metrics_port}", f"--http-address={options.host}",
             f"--grpc-address={options.host}", f"--log-verbose={options.log_verbose}",
-            "--strict-readiness=true", "--exit-on-error=true"]
+            "--strict-readiness=true", "--exit-on-error=true",
+            # Latency quantiles (p50 ... p99.9) per model, for dashboards and alerts
+            # (docs/observability.md); Triton 2.51 leaves them off by default.
+            "--metrics-config=summary_latencies=true"]
     if options.model_control not in ("none", "explicit"):
         raise ValueError(f"model_control must be 'none' or 'explicit', not {options.model_control!r}")
     argv.append(f"--model-control-mode={options.model_control}")
@@ -235,3 +238,29 @@ def run_foreground(options: ServerOptions) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StubProcess:
+    pid: int
+    instance: str   # Triton's instance name, e.g. "ofa_preprocess_0_1"
+    model: str
+
+
+def stub_processes(server_pid: int) -> list[StubProcess]:
+    """The Python-backend stubs of a running tritonserver: one process per model instance,
+    a child of the server, started as ``triton_python_backend_stub <model.py> <shm region>
+    <shm sizes> <server pid> <backend dir> <ipc handle> <instance name> ...`` (Triton 2.51)."""
+    stubs = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue   # exited meanwhile, or a kernel thread
+        if ppid == server_pid and argv[0].endswith("triton_python_backend_stub") and len(argv) > 8:
+            stubs.append(StubProcess(int(entry.name), argv[8], Path(argv[1]).parent.parent.name))
+    return sorted(stubs, key=lambda stub: stub.instance)

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .limits import InputLimits
+
 SETTINGS_FILE = "ofa_settings.json"
 
 
@@ -48,17 +50,21 @@ class ServingSettings:
     pad_token_id: int
     eos_token_id: int
     answer_token_ids: tuple[int, ...]
+    # What a request may carry; set at export (settings files without it get the defaults).
+    limits: InputLimits = InputLimits()
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.task.to_dict(), "bos_token_id": self.bos_token_id,
                 "pad_token_id": self.pad_token_id, "eos_token_id": self.eos_token_id,
-                "answer_token_ids": list(self.answer_token_ids)}
+                "answer_token_ids": list(self.answer_token_ids),
+                "limits": self.limits.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServingSettings":
         return cls(task=TaskSettings.from_dict(data), bos_token_id=data["bos_token_id"],
                    pad_token_id=data["pad_token_id"], eos_token_id=data["eos_token_id"],
-                   answer_token_ids=tuple(data["answer_token_ids"]))
+                   answer_token_ids=tuple(data["answer_token_ids"]),
+                   limits=InputLimits.from_dict(data.get("limits")))
 
     def write(self, directory: Path) -> Path:
         path = directory / SETTINGS_FILE

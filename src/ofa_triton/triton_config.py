@@ -9,17 +9,54 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import string
 from pathlib import Path
 
 from .settings import ServingSettings
 
+# The models' names without a prefix; also the template folders under model_repository/.
 PREPROCESS_MODEL = "ofa_preprocess"
 ENCODER_DECODER_MODEL = "ofa_encoder_decoder"
 POSTPROCESS_MODEL = "ofa_postprocess"
 ENSEMBLE_MODEL = "ofa_visual_entailment"
 MODEL_NAMES = (PREPROCESS_MODEL, ENCODER_DECODER_MODEL, POSTPROCESS_MODEL, ENSEMBLE_MODEL)
+# Triton takes any directory name; this keeps names safe in URLs, metrics labels and shells.
+NAME_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelNames:
+    """The served names of one export. A prefix ("large_") lets several OFA checkpoints share
+    one repository and one server: large_ofa_visual_entailment beside ofa_visual_entailment."""
+
+    prefix: str = ""
+
+    def __post_init__(self):
+        if self.prefix and not NAME_PREFIX_PATTERN.fullmatch(self.prefix):
+            raise ValueError(f"name prefix {self.prefix!r}: use letters, digits, '_', '.' and "
+                             "'-', starting with a letter or digit (for example 'large_')")
+
+    @property
+    def preprocess(self) -> str:
+        return self.prefix + PREPROCESS_MODEL
+
+    @property
+    def encoder_decoder(self) -> str:
+        return self.prefix + ENCODER_DECODER_MODEL
+
+    @property
+    def postprocess(self) -> str:
+        return self.prefix + POSTPROCESS_MODEL
+
+    @property
+    def ensemble(self) -> str:
+        return self.prefix + ENSEMBLE_MODEL
+
+    def by_template(self) -> dict[str, str]:
+        """{template folder: served name} for the four models."""
+        return {template: self.prefix + template for template in MODEL_NAMES}
 
 
 def template_directory() -> Path:
@@ -53,8 +90,14 @@ class ServingOptions:
     intra_op_threads: int = 0           # onnxruntime threads per encoder-decoder instance; 0: all cores
     max_queue_size: int = 256           # requests waiting per step before new ones are refused
     queue_timeout_us: int = 0           # longest wait in a step's queue; 0: no limit
+    name_prefix: str = ""               # prepended to the four model names
+
+    @property
+    def names(self) -> ModelNames:
+        return ModelNames(self.name_prefix)
 
     def __post_init__(self):
+        self.names  # validates the prefix
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', not {self.device!r}")
         for field in dataclasses.fields(self):
@@ -65,7 +108,83 @@ class ServingOptions:
                 raise ValueError(f"{field.name} must be positive, got {value}")
 
 
-def render_configs(settings: ServingSettings, options: ServingOptions) -> dict[str, str]:
+@dataclasses.dataclass(frozen=True)
+class ServedVersions:
+    """Which version directories the configs name: every step loads ``serving`` (and, while a
+    deploy is under way, ``loading`` beside it); the ensemble runs ``serving``; rollback goes
+    back to ``previous``."""
+
+    serving: int
+    previous: int | None = None
+    loading: int | None = None
+
+    @property
+    def step_versions(self) -> list[int]:
+        return sorted({self.serving} | ({self.loading} if self.loading else set()))
+
+
+# The lines of the rendered configs that name versions (see the templates).
+_STEP_VERSIONS = re.compile(r"^version_policy: \{ specific: \{ versions: \[ ([0-9, ]+) \] \} \}$",
+                            re.MULTILINE)
+_ENSEMBLE_VERSION = re.compile(r"^(\s*model_version: )(-?\d+)$", re.MULTILINE)
+_PREVIOUS_VERSION = re.compile(r'(key: "previous_version", value: \{ string_value: ")(\d*)(")')
+_STEP_NAME = re.compile(r'^\s*model_name: "([^"]+)"$', re.MULTILINE)
+
+
+def ensemble_steps(repository: Path, ensemble: str) -> list[str]:
+    """The composing models named by an exported ensemble's config.pbtxt."""
+    path = Path(repository) / ensemble / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {ensemble} is not exported in "
+                                f"{repository}")
+    return _STEP_NAME.findall(path.read_text())
+
+
+def read_served_versions(repository: Path, ensemble: str) -> ServedVersions | None:
+    """What the repository's configs serve; None for a repository without the models."""
+    path = Path(repository) / ensemble / "config.pbtxt"
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    versions = {int(version) for _, version in _ENSEMBLE_VERSION.findall(text)}
+    previous = _PREVIOUS_VERSION.search(text)
+    if len(versions) != 1 or -1 in versions or previous is None:
+        raise ValueError(f"{path} does not pin one version for its steps (an export by an "
+                         "older ofa-triton?); re-export the repository")
+    return ServedVersions(serving=versions.pop(),
+                          previous=int(previous.group(2)) if previous.group(2) else None)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write beside and rename: a server loading the model never reads half a file."""
+    if path.read_text() == text:
+        return   # an unchanged file keeps its mtime, so Triton sees no change to reload
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
+
+
+def write_served_versions(repository: Path, ensemble: str, served: ServedVersions) -> None:
+    """Point the configs of ``ensemble`` and its steps at ``served``. The steps first: the
+    ensemble must never name a version its steps do not load."""
+    repository = Path(repository)
+    for step in ensemble_steps(repository, ensemble):
+        path = repository / step / "config.pbtxt"
+        text, count = _STEP_VERSIONS.subn(
+            "version_policy: { specific: { versions: [ "
+            + ", ".join(map(str, served.step_versions)) + " ] } }", path.read_text())
+        if count != 1:
+            raise ValueError(f"{path} has no version_policy line to rewrite; re-export it")
+        _replace_file(path, text)
+    path = repository / ensemble / "config.pbtxt"
+    text = _ENSEMBLE_VERSION.sub(lambda m: f"{m.group(1)}{served.serving}", path.read_text())
+    text = _PREVIOUS_VERSION.sub(
+        lambda m: f"{m.group(1)}{served.previous or ''}{m.group(3)}", text)
+    _replace_file(path, text)
+
+
+def render_configs(settings: ServingSettings, options: ServingOptions,
+                   served: ServedVersions) -> dict[str, str]:
     values = {
         "max_batch_size": options.max_batch_size,
         "queue_delay_us": options.queue_delay_us,
@@ -80,20 +199,27 @@ def render_configs(settings: ServingSettings, options: ServingOptions) -> dict[s
         "intra_op_threads": options.intra_op_threads,
         "max_queue_size": options.max_queue_size,
         "queue_timeout_us": options.queue_timeout_us,
+        "step_versions": ", ".join(map(str, served.step_versions)),
+        "serving_version": served.serving,
+        "previous_version": served.previous or "",
+        **{f"{template.removeprefix('ofa_')}_model": served
+           for template, served in options.names.by_template().items()},
     }
     templates = template_directory()
-    return {name: string.Template((templates / name / "config.pbtxt").read_text()).substitute(values)
-            for name in MODEL_NAMES}
+    return {template: string.Template((templates / template / "config.pbtxt").read_text())
+            .substitute(values) for template in MODEL_NAMES}
 
 
 def write_model_files(repository: Path, version: int, settings: ServingSettings,
-                      options: ServingOptions) -> None:
-    """config.pbtxt of every model, and each Python model's model.py in ``version``."""
+                      options: ServingOptions, served: ServedVersions) -> None:
+    """config.pbtxt of every model (serving ``served``), and each Python model's model.py in
+    ``version``."""
     templates = template_directory()
-    for name, config in render_configs(settings, options).items():
-        model_dir = repository / name
+    served_names = options.names.by_template()
+    for template, config in render_configs(settings, options, served).items():
+        model_dir = repository / served_names[template]
         (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
         (model_dir / "config.pbtxt").write_text(config)
-        source = templates / name / "1" / "model.py"
+        source = templates / template / "1" / "model.py"
         if source.is_file():
             shutil.copyfile(source, model_dir / str(version) / "model.py")

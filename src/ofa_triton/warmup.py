@@ -1,0 +1,88 @@
+"""Warmup: every composing model runs one real request while Triton loads it, so the first
+client request does not pay for lazy allocations, and a version that cannot answer never
+reports ready. An ensemble cannot warm up itself; its steps can.
+
+The export writes one sample's tensors into each model's ``warmup/`` folder, under the file
+names that the ``model_warmup`` blocks of the config templates use (Triton reads
+``input_data_file`` from ``<model>/warmup/``): the sample request's encoded strings for
+ofa_preprocess, its model inputs for ofa_encoder_decoder, its answer scores for ofa_postprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .limits import InputLimits
+from .preprocessing import ModelInputs, VisualEntailmentPreprocessor, stack
+from .triton_config import ModelNames
+
+WARMUP_DIR = "warmup"
+SAMPLE_SIZE = (640, 480)    # a typical photo: the decode and resize cost real requests pay
+SAMPLE_SEED = 7
+SAMPLE_HYPOTHESIS = "two dogs play in the snow"
+SAMPLE_PREMISE = "a winter scene in a city park"
+
+
+def serialize_strings(values: Sequence[bytes]) -> bytes:
+    """TYPE_STRING elements as Triton's raw layout: each one a little-endian uint32 length,
+    then its bytes (warmup files, perf_analyzer's b64 input data)."""
+    return b"".join(struct.pack("<I", len(value)) + value for value in values)
+
+
+def sample_request(limits: InputLimits = InputLimits()) -> dict[str, object]:
+    """A photo-like image with natural texts, the same at every export, made to fit the
+    export's input limits (its format allowed, within the pixel and byte limits, texts cut
+    to length) so that warmup never trips over them."""
+    from PIL import Image
+
+    from .synthetic import photo_like
+
+    image_format = next((f for f in ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+                         if f in limits.image_formats), None)
+    if image_format is None:
+        raise ValueError(f"no warmup sample can be written in the allowed formats "
+                         f"{list(limits.image_formats)}; allow JPEG or PNG (--image-formats)")
+    width, height = SAMPLE_SIZE
+    while width * height > limits.max_image_pixels:
+        width, height = max(1, width // 2), max(1, height // 2)
+    while True:
+        buffer = io.BytesIO()
+        Image.fromarray(photo_like(width, height, SAMPLE_SEED)).save(buffer, image_format)
+        if buffer.tell() <= limits.max_image_bytes:
+            break
+        if width == height == 1:
+            raise ValueError(f"--max-image-bytes {limits.max_image_bytes} refuses even a 1x1 "
+                             f"{image_format} image; raise it")
+        width, height = max(1, width // 2), max(1, height // 2)
+    cut = limits.max_text_chars
+    return {"image": buffer.getvalue(), "hypothesis": SAMPLE_HYPOTHESIS[:cut],
+            "premise": SAMPLE_PREMISE[:cut]}
+
+
+def write_warmup_files(repository: Path, names: ModelNames,
+                       preprocessor: VisualEntailmentPreprocessor,
+                       score: Callable[[dict[str, np.ndarray]], np.ndarray]) -> None:
+    """The sample through each step: ``score`` maps a batch of model inputs to answer scores
+    (the export passes its PyTorch module)."""
+    request = sample_request(preprocessor.limits)
+    inputs: ModelInputs = preprocessor(request["image"], request["hypothesis"],
+                                       request["premise"])
+    batch = stack([inputs])
+    files = {
+        names.preprocess: {name: serialize_strings([value if isinstance(value, bytes)
+                                                    else value.encode("utf-8")])
+                           for name, value in request.items()},
+        names.encoder_decoder: {name: tensor[0].tobytes() for name, tensor in batch.items()},
+        names.postprocess: {"answer_scores":
+                            np.asarray(score(batch), dtype=np.float32)[0].tobytes()},
+    }
+    for model, contents in files.items():
+        directory = repository / model / WARMUP_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in contents.items():
+            (directory / name).write_bytes(data)

@@ -1,0 +1,218 @@
+"""Versions, hot swap and rollback on a real tritonserver, under concurrent load over HTTP and
+gRPC: no request fails, answers switch to the deployed version's, and a broken version
+changes nothing.
+
+Each version's expected answer is computed in-process from its own exported files (the
+preprocessor, the ONNX graph and the label mapping the Triton models use); answers are
+compared within 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.deploy import DeployError, deploy, rollback
+from ofa_triton.export import export_repository
+from ofa_triton.labels import LABELS, scores_to_outputs
+from ofa_triton.manifest import read_manifest, write_manifest
+from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.runtime import EncoderDecoderSession, trim_padding
+from ofa_triton.server import ServerOptions, TritonServer, admin_headers, free_port
+from ofa_triton.settings import ServingSettings
+from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
+from ofa_triton.triton_config import ServedVersions, read_served_versions
+
+ANSWER_TOLERANCE = 1e-5
+ADMIN_KEY = "deploy-test-key"
+STEPS = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess")
+HYPOTHESIS, PREMISE = "two people walk down a street", "a city scene"
+
+
+def expected_probabilities(repository: Path, version: int, image: bytes) -> np.ndarray:
+    """The version's answer, computed in-process from its exported files."""
+    preprocessor = VisualEntailmentPreprocessor.from_directory(
+        repository / "ofa_preprocess" / str(version))
+    graph_dir = repository / "ofa_encoder_decoder" / str(version)
+    batch = stack([preprocessor(image, HYPOTHESIS, PREMISE)])
+    scores = EncoderDecoderSession(graph_dir / "model.onnx")(
+        trim_padding(batch, ServingSettings.read(graph_dir).pad_token_id))
+    answers = ServingSettings.read(repository / "ofa_postprocess" / str(version)).task.answers
+    return scores_to_outputs(scores, answers)[2][0]
+
+
+class Traffic:
+    """Workers sending the same request in a loop over HTTP and gRPC, recording each
+    outcome with the time it was sent."""
+
+    def __init__(self, server: TritonServer, image: bytes, workers_per_protocol: int = 2):
+        self.image = image
+        self.outcomes: list[tuple[float, object]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, args=(server, protocol), daemon=True)
+                         for protocol in ("http", "grpc") for _ in range(workers_per_protocol)]
+
+    def _work(self, server: TritonServer, protocol: str) -> None:
+        url = server.http_url if protocol == "http" else server.grpc_url
+        with VisualEntailmentClient(url, protocol) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    result = client.predict(self.image, HYPOTHESIS, PREMISE)
+                    outcome = np.array([result.probabilities[label] for label in LABELS])
+                except Exception as error:  # every failure is a test failure, kept to report
+                    outcome = f"{protocol}: {type(error).__name__}: {error}"
+                self.outcomes.append((sent, outcome))
+
+    def __enter__(self) -> "Traffic":
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def since(self, start: float) -> list[object]:
+        return [outcome for sent, outcome in self.outcomes if sent >= start]
+
+
+def _matches(outcome: object, expected: np.ndarray) -> bool:
+    return isinstance(outcome, np.ndarray) and np.abs(outcome - expected).max() <= ANSWER_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def versions(tiny_checkpoint, tmp_path_factory):
+    """A repository with version 1 (the tiny checkpoint); a second checkpoint of the same
+    shapes with other weights, for versions 2 and up."""
+    root = tmp_path_factory.mktemp("deploy")
+    repository = root / "repository"
+    export_repository(tiny_checkpoint, repository, progress=lambda _: None)
+    other = generate_tiny_checkpoint(root / "other", seed=2)
+    return repository, other, root
+
+
+def test_export_adds_versions_without_changing_what_serves(versions, tmp_path):
+    repository, other, _ = versions
+    copy = tmp_path / "repository"
+    subprocess.run(["cp", "-r", str(repository), str(copy)], check=True)
+    with pytest.raises(DeployError, match="no previous version"):
+        rollback(copy, progress=lambda _: None)
+    record = export_repository(other, copy, progress=lambda _: None)
+    assert record["export"]["version"] == 2
+    assert read_served_versions(copy, "ofa_visual_entailment") == ServedVersions(1)
+    with pytest.raises(ValueError, match="version 2 of ofa_visual_entailment already exists"):
+        export_repository(other, copy, version=2, progress=lambda _: None)
+    with pytest.raises(ValueError, match="differs in patch_image_size.*--name-prefix"):
+        export_repository(other, copy, patch_image_size=96, progress=lambda _: None)
+    # Without a server, deploy and rollback rewrite the configs for the next start.
+    deploy(copy, 2, progress=lambda _: None)
+    assert read_served_versions(copy, "ofa_visual_entailment") == ServedVersions(2, previous=1)
+    assert "versions: [ 2 ]" in (copy / "ofa_preprocess" / "config.pbtxt").read_text()
+    cli = subprocess.run([sys.executable, "-m", "ofa_triton.cli", "rollback",
+                          "--repository", str(copy)], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert read_served_versions(copy, "ofa_visual_entailment") == ServedVersions(1, previous=2)
+    text = (copy / "ofa_visual_entailment" / "config.pbtxt").read_text()
+    assert text.count("model_version: 1") == 3
+
+
+def test_deploy_and_rollback_under_load(versions, golden_images):
+    repository, other, root = versions
+    image = golden_images["photo_640x480.jpg"].read_bytes()
+    expected = {1: expected_probabilities(repository, 1, image)}
+    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
+                            grpc_port=free_port(), metrics_port=free_port(),
+                            model_control="explicit", admin_key=ADMIN_KEY)
+    with TritonServer(options, log_path=root / "server.log") as server:
+        server.wait_ready()
+        with Traffic(server, image) as traffic:
+            # A new version, exported beside the one serving, serves nothing yet.
+            export_repository(other, repository, progress=lambda _: None)
+            expected[2] = expected_probabilities(repository, 2, image)
+            assert np.abs(expected[2] - expected[1]).max() > 100 * ANSWER_TOLERANCE
+            time.sleep(1.0)
+
+            with pytest.raises(DeployError, match="admin"):
+                deploy(repository, 2, url=server.http_url, progress=lambda _: None)
+            marks = {"deploy": time.monotonic()}
+            deploy(repository, 2, url=server.http_url, admin_key=ADMIN_KEY,
+                   progress=lambda _: None)
+            marks["deployed"] = time.monotonic()
+            time.sleep(2.0)
+
+            # The CLI, as an operator runs it.
+            marks["rollback"] = time.monotonic()
+            cli = subprocess.run(
+                [sys.executable, "-m", "ofa_triton.cli", "rollback", "--repository",
+                 str(repository), "--url", server.http_url, "--admin-key-env", "DEPLOY_KEY"],
+                capture_output=True, text=True, env={**os.environ, "DEPLOY_KEY": ADMIN_KEY})
+            assert cli.returncode == 0, cli.stdout + cli.stderr
+            assert "serves version 1" in cli.stdout
+            marks["rolled back"] = time.monotonic()
+            time.sleep(2.0)
+
+            # A corrupt artifact: refused by the manifest check before anything changes.
+            export_repository(other, repository, version=3, progress=lambda _: None)
+            graph = repository / "ofa_encoder_decoder" / "3" / "model.onnx"
+            data = bytearray(graph.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            graph.write_bytes(bytes(data))
+            with pytest.raises(DeployError, match="model.onnx: sha256 differs"):
+                deploy(repository, 3, url=server.http_url, admin_key=ADMIN_KEY,
+                       progress=lambda _: None)
+
+            # A version whose files match their manifest but cannot load (a graph that is
+            # not ONNX): Triton refuses the reload, and the deploy restores what served.
+            export_repository(other, repository, version=4, progress=lambda _: None)
+            graph_dir = repository / "ofa_encoder_decoder" / "4"
+            (graph_dir / "model.onnx").write_bytes(b"not an onnx graph")
+            write_manifest(graph_dir, {k: v for k, v in read_manifest(graph_dir).items()
+                                       if k != "artifacts"})
+            with pytest.raises(DeployError, match="version 4 of ofa_encoder_decoder failed to "
+                               "load.*still serves version 1"):
+                deploy(repository, 4, url=server.http_url, admin_key=ADMIN_KEY,
+                       progress=lambda _: None)
+            assert read_served_versions(repository, "ofa_visual_entailment") == \
+                ServedVersions(1, previous=2)
+            time.sleep(2.0)
+
+        errors = [o for _, o in traffic.outcomes if not isinstance(o, np.ndarray)]
+        assert not errors, f"{len(errors)} of {len(traffic.outcomes)} failed: {errors[:3]}"
+        assert all(_matches(o, expected[1]) or _matches(o, expected[2])
+                   for _, o in traffic.outcomes), "an answer from neither version"
+        # By the time each request was sent: before the deploy started, version 1; after it
+        # returned, version 2; after the rollback returned, version 1 (during a switch, either).
+        windows = ((0, marks["deploy"], 1), (marks["deployed"], marks["rollback"], 2),
+                   (marks["rolled back"], float("inf"), 1))
+        for start, end, version in windows:
+            window = [o for sent, o in traffic.outcomes if start <= sent < end]
+            assert len(window) >= 3, f"only {len(window)} requests between {start} and {end}"
+            assert all(_matches(o, expected[version]) for o in window), \
+                f"requests sent between {start} and {end} did not all get version {version}'s"
+        index = httpclient.InferenceServerClient(server.http_url).get_model_repository_index(
+            headers=admin_headers("http", ADMIN_KEY))
+        for step in STEPS:   # the old version unloaded, the broken ones never loaded
+            assert [e["version"] for e in index if e["name"] == step
+                    and e.get("state") == "READY"] == ["1"], index
+
+    # The files say what serves: a restart (no model control) serves version 1 again, and the
+    # broken versions 3 and 4 are not even loaded.
+    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
+                            grpc_port=free_port(), metrics_port=free_port())
+    with TritonServer(options, log_path=root / "restart.log") as server:
+        server.wait_ready()
+        with VisualEntailmentClient(server.grpc_url, "grpc") as client:
+            result = client.predict(image, HYPOTHESIS, PREMISE)
+        assert _matches(np.array([result.probabilities[label] for label in LABELS]), expected[1])
