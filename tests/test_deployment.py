@@ -39,11 +39,32 @@ def test_repository_is_mounted_read_only():
     assert "--model-repository=/models" in SERVICE["command"]
 
 
-def test_shm_gpu_healthcheck_and_user():
-    size = SERVICE["shm_size"]
-    assert size.endswith(("gb", "g")) or int(size.rstrip("m")) >= 256
-    devices = SERVICE["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+def with_defaults(value: str) -> str:
+    """Compose's ${NAME:-default} as it reads with NAME unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def size_in_bytes(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)\s*([kmg]?)b?", text.strip().lower()).groups()
+    return float(number) * 1024 ** " kmg".index(unit or " ")
+
+
+def test_healthcheck_user_and_ports():
     assert "/v2/health/ready" in " ".join(SERVICE["healthcheck"]["test"])
     assert SERVICE["user"] == "triton-server"
     assert {"8000:8000", "8001:8001", "8002:8002"} <= set(SERVICE["ports"])
+
+
+def test_triton_service_has_resource_limits():
+    resources = SERVICE["deploy"]["resources"]
+    assert size_in_bytes(with_defaults(resources["limits"]["memory"])) >= 4 * 1024 ** 3
+    assert size_in_bytes(with_defaults(SERVICE["shm_size"])) >= 256 * 1024 ** 2
+    [gpus] = resources["reservations"]["devices"]
+    assert gpus["driver"] == "nvidia" and "gpu" in gpus["capabilities"]
+    assert "count" not in gpus and [with_defaults(d) for d in gpus["device_ids"]] == ["0"]
+    assert "${" in gpus["device_ids"][0], "GPU selection comes from an environment variable"
+    lines = (ROOT / "docker-compose.yml").read_text("utf-8").splitlines()
+    for setting in ("memory:", "shm_size:", "device_ids:"):
+        # A comment on how to size it sits right above each setting.
+        [index] = [i for i, line in enumerate(lines) if line.strip().startswith(setting)][:1]
+        assert lines[index - 1].strip().startswith("#"), setting
