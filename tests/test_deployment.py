@@ -50,7 +50,8 @@ def size_in_bytes(text: str) -> float:
 
 
 def test_healthcheck_user_and_ports():
-    assert "/v2/health/ready" in " ".join(SERVICE["healthcheck"]["test"])
+    probe = with_defaults(" ".join(SERVICE["healthcheck"]["test"]))
+    assert "/v2/models/ofa_visual_entailment/ready" in probe   # see test_deploy: not health
     assert SERVICE["user"] == "triton-server"
     assert {"8000:8000", "8001:8001", "8002:8002"} <= set(SERVICE["ports"])
 

@@ -1,63 +1,85 @@
 """Warmup: each composing model runs a real sample while it loads, before the server reports
-ready, and a version that cannot answer its sample never becomes ready."""
+ready, and a version that cannot answer its sample never becomes ready (and never crashes
+the server: see ofa_triton.warmup on why it is not Triton's model_warmup)."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
-import struct
 
 import numpy as np
 import pytest
+from google.protobuf import json_format, text_format
 from PIL import Image
+from tritonclient.grpc import model_config_pb2
 
-from ofa_triton.settings import ServingSettings
 from ofa_triton.limits import InputLimits
-from ofa_triton.warmup import SAMPLE_HYPOTHESIS, SAMPLE_SIZE, sample_request, serialize_strings
+from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.settings import ServingSettings
+from ofa_triton.warmup import (SAMPLE_HYPOTHESIS, SAMPLE_SIZE, WarmupError, read_warmup_sample,
+                               sample_request, serialize_strings, warm_up)
 from tests.conftest import start_triton
 
 STEPS = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess")
 
 
-def _strings(data: bytes) -> list[bytes]:
-    values = []
-    while data:
-        (length,) = struct.unpack("<I", data[:4])
-        values.append(data[4:4 + length])
-        data = data[4 + length:]
-    return values
+def model_config(model_dir) -> dict:
+    """config.pbtxt as the Python backend passes it to initialize(): protobuf JSON."""
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
 def test_export_writes_a_real_sample_for_every_step(exported_repositories):
     repository = exported_repositories["tiny"]
-    task = ServingSettings.read(repository / "ofa_preprocess" / "1").task
-    warmup = {step: repository / step / "warmup" for step in STEPS}
-    (image,) = _strings((warmup["ofa_preprocess"] / "image").read_bytes())
-    assert Image.open(io.BytesIO(image)).size == SAMPLE_SIZE
-    assert _strings((warmup["ofa_preprocess"] / "hypothesis").read_bytes()) == \
-        [SAMPLE_HYPOTHESIS.encode()]
-    ids = np.frombuffer((warmup["ofa_encoder_decoder"] / "input_ids").read_bytes(), np.int64)
-    assert ids.shape == (task.max_src_length + 2,) and ids[0] == 0 and (ids > 3).any()
-    pixels = np.frombuffer((warmup["ofa_encoder_decoder"] / "patch_images").read_bytes(),
-                           np.float32)
-    assert pixels.size == 3 * task.patch_image_size ** 2 and pixels.std() > 0.1
-    scores = np.frombuffer((warmup["ofa_postprocess"] / "answer_scores").read_bytes(), np.float32)
-    assert scores.shape == (len(task.answers),) and np.isclose(np.exp(scores).sum(), 1, atol=1e-4)
-    for step in STEPS:
-        assert 'name: "sample_request"' in (repository / step / "config.pbtxt").read_text()
+    version_dir = repository / "ofa_preprocess" / "1"
+    task = ServingSettings.read(version_dir).task
+    sample = {step: read_warmup_sample(model_config(repository / step), repository / step)
+              for step in STEPS}
+    request = sample["ofa_preprocess"]
+    assert Image.open(io.BytesIO(request["image"][0, 0])).size == SAMPLE_SIZE
+    assert request["hypothesis"].tolist() == [[SAMPLE_HYPOTHESIS.encode()]]
+    # Each step's sample is what the step before it makes of the sample request.
+    preprocessor = VisualEntailmentPreprocessor.from_directory(version_dir)
+    expected = stack([preprocessor(request["image"][0, 0], request["hypothesis"][0, 0].decode(),
+                                   request["premise"][0, 0].decode())])
+    assert expected.keys() == sample["ofa_encoder_decoder"].keys()
+    for name, tensor in expected.items():
+        np.testing.assert_array_equal(sample["ofa_encoder_decoder"][name], tensor)
+    assert (sample["ofa_encoder_decoder"]["input_ids"] > 3).any()
+    scores = sample["ofa_postprocess"]["answer_scores"]
+    assert scores.shape == (1, len(task.answers))
+    assert np.isclose(np.exp(scores).sum(), 1, atol=1e-4)
+    for step in STEPS:   # Triton's model_warmup is not used (ofa_triton.warmup says why)
+        assert "model_warmup" not in (repository / step / "config.pbtxt").read_text()
+
+
+def test_warm_up_names_the_version_and_the_cause(exported_repositories):
+    model_dir = exported_repositories["tiny"] / "ofa_postprocess"
+    args = {"model_config": json.dumps(model_config(model_dir)),
+            "model_repository": str(model_dir), "model_version": "1"}
+    seen = []
+    assert warm_up(args, seen.append) >= 0
+    assert seen[0]["answer_scores"].dtype == np.float32
+
+    def broken(_sample):
+        raise KeyError("answer_scores")
+
+    with pytest.raises(WarmupError, match=r"version 1 of ofa_postprocess failed its warmup "
+                       r"sample, so it is not loaded: KeyError: 'answer_scores'"):
+        warm_up(args, broken)
 
 
 def test_every_step_warms_up_before_it_is_loaded(exported_repositories, tmp_path):
     repository = tmp_path / "repository"
     shutil.copytree(exported_repositories["tiny"], repository)
-    server = start_triton(repository, tmp_path)
-    server.options.log_verbose = 1
-    with server:
+    with start_triton(repository, tmp_path) as server:
         server.wait_ready()
     log = server.log()
     for step in STEPS:
-        warmed = log.find(f"model '{step}' instance {step}_0_0 is running warmup sample "
-                          "'sample_request'")
+        warmed = log.find(f"{step}: ")
+        warmed = log.find("warmed up in", warmed)
         loaded = log.find(f"successfully loaded '{step}'")
         assert 0 <= warmed < loaded, f"{step}: no warmup before it was loaded"
 
@@ -68,10 +90,12 @@ def test_a_version_that_fails_its_warmup_never_becomes_ready(exported_repositori
     (repository / "ofa_preprocess" / "warmup" / "image").write_bytes(
         serialize_strings([b"these bytes are not an image"]))
     with start_triton(repository, tmp_path) as server:
-        with pytest.raises(RuntimeError, match="exited") as failure:
+        with pytest.raises(RuntimeError, match="exited with code 1;"):
             server.wait_ready(timeout=120)
-    assert "warmup" in str(failure.value).lower()
-    assert "could not decode the image" in str(failure.value)
+    failure = next(line for line in server.log().splitlines() if "failed to load" in line)
+    assert "version 1 of ofa_preprocess failed its warmup sample" in failure
+    assert "could not decode the image" in failure
+    # A crashing server would leave its Python stubs behind; TritonServer.stop() kills them.
 
 
 @pytest.mark.parametrize("limits", [

@@ -121,12 +121,18 @@ def deploy(repository: str | Path, version: int, *, model: str = ENSEMBLE_MODEL,
             try:
                 control.load(step)
             except DeployError as error:
+                # Back to the files that served; reload the failed step too, or Triton keeps
+                # its failed version listed as UNAVAILABLE and the server reports not-ready.
                 write_served_versions(repository, model, served)
-                for done in loaded:
+                for done in loaded + [step]:
                     control.load(done)
-                raise DeployError(f"version {version} of {step} failed to load, so nothing was "
-                                  f"switched: {model} still serves version {current}. Triton "
-                                  f"said: {error}") from None
+                raise DeployError(
+                    f"version {version} of {step} failed to load, so nothing was switched: "
+                    f"{model} still serves version {current}. Triton said: {error}\n"
+                    f"Triton keeps listing the failed version as UNAVAILABLE, so the server's "
+                    f"strict readiness (/v2/health/ready) stays false until it restarts; "
+                    f"/v2/models/{model}/ready stays true. Fix the checkpoint, export it "
+                    f"again (a new version) and deploy that.") from None
             loaded.append(step)
         progress(f"[3/4] switching {model} to version {version}")
         write_served_versions(repository, model,

@@ -194,15 +194,17 @@ class TritonServer:
                            f"{self.log()[-6000:]}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        # SIGINT: Triton finishes in-flight requests, unloads the models and exits.
-        os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            # SIGINT: Triton finishes in-flight requests, unloads the models and exits.
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        kill_leftover_stubs(self.process.pid)
         self._log.close()
         return self.process.returncode
 
@@ -237,6 +239,8 @@ def run_foreground(options: ServerOptions) -> int:
                 continue
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if process.poll() is not None:
+            kill_leftover_stubs(process.pid)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -248,19 +252,32 @@ class StubProcess:
 
 
 def stub_processes(server_pid: int) -> list[StubProcess]:
-    """The Python-backend stubs of a running tritonserver: one process per model instance,
-    a child of the server, started as ``triton_python_backend_stub <model.py> <shm region>
-    <shm sizes> <server pid> <backend dir> <ipc handle> <instance name> ...`` (Triton 2.51)."""
+    """The Python-backend stubs of a tritonserver: one process per model instance, started by
+    the server as ``triton_python_backend_stub <model.py> <shm region> <shm sizes> <server pid>
+    <backend dir> <ipc handle> <instance name> ...`` (Triton 2.51). Matched by that server pid,
+    so the list includes stubs that outlived their server."""
     stubs = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue   # exited meanwhile, or a kernel thread
-        if ppid == server_pid and argv[0].endswith("triton_python_backend_stub") and len(argv) > 8:
+        except OSError:
+            continue   # exited meanwhile
+        if (argv[0].endswith("triton_python_backend_stub") and len(argv) > 8
+                and argv[5] == str(server_pid)):
             stubs.append(StubProcess(int(entry.name), argv[8], Path(argv[1]).parent.parent.name))
     return sorted(stubs, key=lambda stub: stub.instance)
+
+
+def kill_leftover_stubs(server_pid: int) -> list[StubProcess]:
+    """Kill the stubs that outlived their (exited) server. A tritonserver that crashes (seen:
+    SIGSEGV when a model's warmup fails, Triton 2.51) leaves its stubs running, 50-250 MB each,
+    because a stub does not notice its parent's death."""
+    leftovers = stub_processes(server_pid)
+    for stub in leftovers:
+        try:
+            os.kill(stub.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers

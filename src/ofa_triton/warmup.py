@@ -2,17 +2,25 @@
 client request does not pay for lazy allocations, and a version that cannot answer never
 reports ready. An ensemble cannot warm up itself; its steps can.
 
-The export writes one sample's tensors into each model's ``warmup/`` folder, under the file
-names that the ``model_warmup`` blocks of the config templates use (Triton reads
-``input_data_file`` from ``<model>/warmup/``): the sample request's encoded strings for
-ofa_preprocess, its model inputs for ofa_encoder_decoder, its answer scores for ofa_postprocess.
+The export writes one sample's tensors into each model's ``warmup/`` folder, one file per
+input in Triton's raw layout: the sample request's encoded strings for ofa_preprocess, its
+model inputs for ofa_encoder_decoder, its answer scores for ofa_postprocess. Each Python model
+runs that sample through its own code at the end of ``initialize()`` (``warm_up``), before
+Triton marks it loaded.
+
+Why not Triton's ``model_warmup``: when a ``model_warmup`` sample fails, Triton 2.51 crashes
+with SIGSEGV in about one load in three (seen at server start and during a deploy, where it
+takes down the server that still serves the old version). An exception from ``initialize()``
+fails the load cleanly, with its message in the load error.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,60 @@ def serialize_strings(values: Sequence[bytes]) -> bytes:
     """TYPE_STRING elements as Triton's raw layout: each one a little-endian uint32 length,
     then its bytes (warmup files, perf_analyzer's b64 input data)."""
     return b"".join(struct.pack("<I", len(value)) + value for value in values)
+
+
+def deserialize_strings(data: bytes) -> list[bytes]:
+    """The inverse of ``serialize_strings``."""
+    values, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        values.append(data[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return values
+
+
+TRITON_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64,
+                 "TYPE_INT32": np.int32}
+
+
+def read_warmup_sample(model_config: Mapping, model_dir: Path) -> dict[str, np.ndarray]:
+    """The sample's inputs of one model, as a batch of one: ``model_config`` is the model's
+    config as Triton passes it to ``initialize()`` (parsed JSON), ``model_dir`` its folder."""
+    directory = Path(model_dir) / WARMUP_DIR
+    sample = {}
+    for tensor in model_config["input"]:
+        name, path = tensor["name"], directory / tensor["name"]
+        if not path.is_file():
+            if tensor.get("optional"):
+                continue
+            raise FileNotFoundError(f"{path}: the warmup sample has no '{name}'; export the "
+                                    "model again (ofa-triton export) to write it")
+        shape = [1] + [int(d) for d in tensor["dims"]]
+        if tensor["data_type"] == "TYPE_STRING":
+            array = np.array(deserialize_strings(path.read_bytes()), dtype=np.object_)
+        else:
+            array = np.fromfile(path, dtype=TRITON_DTYPES[tensor["data_type"]])
+        sample[name] = array.reshape(shape)
+    return sample
+
+
+class WarmupError(RuntimeError):
+    """This version cannot answer its warmup sample: it is broken and must not serve."""
+
+
+def warm_up(args: Mapping[str, str], compute: Callable[[dict[str, np.ndarray]], object]) -> float:
+    """Run the model's warmup sample through ``compute`` (the model's own code) from
+    ``initialize(args)``; returns the seconds it took. Any failure raises WarmupError, which
+    fails the load with a message that says why."""
+    config = json.loads(args["model_config"])
+    started = time.perf_counter()
+    try:
+        compute(read_warmup_sample(config, Path(args["model_repository"])))
+    except Exception as error:
+        raise WarmupError(f"version {args['model_version']} of {config['name']} failed its "
+                          f"warmup sample, so it is not loaded: {type(error).__name__}: "
+                          f"{error}") from None
+    return time.perf_counter() - started
 
 
 def sample_request(limits: InputLimits = InputLimits()) -> dict[str, object]:

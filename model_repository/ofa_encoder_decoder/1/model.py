@@ -17,6 +17,7 @@ from ofa_triton.runtime import (
     trim_padding,
 )
 from ofa_triton.settings import ServingSettings
+from ofa_triton.warmup import warm_up
 
 INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 
@@ -31,14 +32,19 @@ class TritonPythonModel:
             version_dir / "model.onnx", instance_kind=args["model_instance_kind"],
             device_id=int(args["model_instance_device_id"]), intra_op_threads=threads)
         self.pad_token_id = ServingSettings.read(version_dir).pad_token_id
-        pb_utils.Logger.log_info(f"ofa_encoder_decoder: providers {self.session.providers}")
+        seconds = warm_up(args, self._score)
+        pb_utils.Logger.log_info(f"{args['model_name']}: providers {self.session.providers}, "
+                                 f"warmed up in {seconds * 1000:.0f} ms")
+
+    def _score(self, batch):
+        return self.session(trim_padding(batch, self.pad_token_id))
 
     def execute(self, requests):
         try:
             batch, sizes = concat_batches([
                 {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS}
                 for r in requests])
-            scores = split_rows(self.session(trim_padding(batch, self.pad_token_id)), sizes)
+            scores = split_rows(self._score(batch), sizes)
         except Exception as error:  # one error per request, never an escaped exception
             message = f"encoder-decoder failed: {type(error).__name__}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

@@ -8,6 +8,7 @@ import triton_python_backend_utils as pb_utils
 from ofa_triton.labels import scores_to_outputs
 from ofa_triton.manifest import verify_version_directory
 from ofa_triton.settings import ServingSettings
+from ofa_triton.warmup import warm_up
 
 
 class TritonPythonModel:
@@ -15,6 +16,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
         self.answers = ServingSettings.read(version_dir).task.answers
+        seconds = warm_up(args, lambda sample: scores_to_outputs(sample["answer_scores"],
+                                                                  self.answers))
+        pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")
 
     def execute(self, requests):
         responses = []
