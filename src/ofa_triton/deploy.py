@@ -121,8 +121,9 @@ def deploy(repository: str | Path, version: int, *, model: str = ENSEMBLE_MODEL,
             try:
                 control.load(step)
             except DeployError as error:
-                # Back to the files that served; reload the failed step too, or Triton keeps
-                # its failed version listed as UNAVAILABLE and the server reports not-ready.
+                # Back to the files that served, and every step reloaded from them (the failed
+                # one too, so that Triton's config of it matches the files again). Triton keeps
+                # the failed version listed as UNAVAILABLE all the same, until it restarts.
                 write_served_versions(repository, model, served)
                 for done in loaded + [step]:
                     control.load(done)
