@@ -273,9 +273,7 @@ def main() -> None:
     inputs_json = write_perf_analyzer_inputs(requests, WORK / "perf_analyzer_inputs.json")
 
     log("[2/5] starting Triton and the baselines (all idle until measured)")
-    server = TritonServer(ServerOptions(repository, host="127.0.0.1", http_port=free_port(),
-                                        grpc_port=free_port(), metrics_port=free_port()),
-                          log_path=WORK / "tritonserver.log")
+    server = TritonServer(ServerOptions.loopback(repository), log_path=WORK / "tritonserver.log")
     baselines = []
     if not args.skip_baselines:
         if args.reference_python.is_file():

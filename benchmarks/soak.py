@@ -267,14 +267,12 @@ def run_soak(repository: Path, config: SoakConfig, work: Path) -> dict:
     ``failures`` list is empty when every criterion holds."""
     from benchmarks.inputs import build_requests
     from benchmarks.loadgen import TritonTarget, run_load
-    from ofa_triton.server import ServerOptions, TritonServer, free_port
+    from ofa_triton.server import ServerOptions, TritonServer
 
     work.mkdir(parents=True, exist_ok=True)
     requests = build_requests()
     seconds = config.minutes * 60
-    server = TritonServer(ServerOptions(repository, host="127.0.0.1", http_port=free_port(),
-                                        grpc_port=free_port(), metrics_port=free_port()),
-                          log_path=work / "tritonserver.log")
+    server = TritonServer(ServerOptions.loopback(repository), log_path=work / "tritonserver.log")
     with server:
         server.wait_ready(600)
         run_load(TritonTarget(server.http_url), requests, 2, 3.0, warmup=0)   # warm-up

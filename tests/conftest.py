@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofa_triton.server import free_port
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
 from tests.golden.cases import CHECKPOINTS, write_images
 
@@ -69,13 +68,13 @@ def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
     return repositories
 
 
-def start_triton(repository: Path, log_dir: Path):
-    """A real tritonserver (the nvidia-pytriton wheel's) on free loopback ports."""
+def start_triton(repository: Path, log_dir: Path, **settings):
+    """A real tritonserver (the nvidia-pytriton wheel's) on free loopback ports; ``settings``
+    are other ServerOptions (model_control, admin_key, extra_args)."""
     from ofa_triton.server import ServerOptions, TritonServer
 
-    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
-                            grpc_port=free_port(), metrics_port=free_port())
-    return TritonServer(options, log_path=log_dir / "server.log")
+    return TritonServer(ServerOptions.loopback(repository, **settings),
+                        log_path=log_dir / "server.log")
 
 
 @pytest.fixture(scope="session")

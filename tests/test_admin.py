@@ -8,16 +8,15 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from ofa_triton.client import VisualEntailmentClient
-from ofa_triton.server import ServerOptions, TritonServer, admin_headers, free_port
+from ofa_triton.server import ServerOptions, TritonServer, admin_headers
 
 KEY = "s3cret-admin-key"
 
 
 @pytest.fixture(scope="module")
 def guarded_server(exported_repositories, tmp_path_factory):
-    options = ServerOptions(repository=exported_repositories["tiny"], host="127.0.0.1",
-                            http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port(), model_control="explicit", admin_key=KEY)
+    options = ServerOptions.loopback(exported_repositories["tiny"], model_control="explicit",
+                                     admin_key=KEY)
     server = TritonServer(options, log_path=tmp_path_factory.mktemp("guarded") / "server.log")
     with server:
         server.wait_ready()

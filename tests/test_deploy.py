@@ -27,7 +27,7 @@ from ofa_triton.labels import LABELS, scores_to_outputs
 from ofa_triton.manifest import read_manifest, write_manifest
 from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.runtime import EncoderDecoderSession, trim_padding
-from ofa_triton.server import ServerOptions, TritonServer, admin_headers, free_port
+from ofa_triton.server import ServerOptions, TritonServer, admin_headers
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
 from ofa_triton.triton_config import ServedVersions, read_served_versions
@@ -143,9 +143,7 @@ def test_deploy_and_rollback_under_load(versions, golden_images):
     repository, other, root = versions
     image = golden_images["photo_640x480.jpg"].read_bytes()
     expected = {1: expected_probabilities(repository, 1, image)}
-    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
-                            grpc_port=free_port(), metrics_port=free_port(),
-                            model_control="explicit", admin_key=ADMIN_KEY)
+    options = ServerOptions.loopback(repository, model_control="explicit", admin_key=ADMIN_KEY)
     with TritonServer(options, log_path=root / "server.log") as server:
         server.wait_ready()
         with Traffic(server, image) as traffic:
@@ -228,8 +226,7 @@ def test_deploy_and_rollback_under_load(versions, golden_images):
 
     # The files say what serves: a restart (no model control) serves version 1 again, and the
     # broken versions 3 and 4 are not even loaded.
-    options = ServerOptions(repository=repository, host="127.0.0.1", http_port=free_port(),
-                            grpc_port=free_port(), metrics_port=free_port())
+    options = ServerOptions.loopback(repository)
     with TritonServer(options, log_path=root / "restart.log") as server:
         server.wait_ready()
         with VisualEntailmentClient(server.grpc_url, "grpc") as client:

@@ -28,7 +28,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from ofa_triton.client import PredictionError, VisualEntailmentClient
-from ofa_triton.server import ServerOptions, TritonServer, free_port, stub_processes
+from ofa_triton.server import ServerOptions, TritonServer, stub_processes
 
 ENSEMBLE = "ofa_visual_entailment"
 EXIT_TIMEOUT_S = 5
@@ -43,10 +43,8 @@ def server(exported_repositories, tmp_path_factory):
     """Its own server on the session's tiny export (stubs get killed): explicit model
     control, so that a test can unload and load a model, and a short exit timeout, so that
     its shutdown does not wait 30 s."""
-    options = ServerOptions(exported_repositories["tiny"], host="127.0.0.1",
-                            http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port(), model_control="explicit",
-                            extra_args=(f"--exit-timeout-secs={EXIT_TIMEOUT_S}",))
+    options = ServerOptions.loopback(exported_repositories["tiny"], model_control="explicit",
+                                     extra_args=(f"--exit-timeout-secs={EXIT_TIMEOUT_S}",))
     log_path = tmp_path_factory.mktemp("faults") / "server.log"
     with TritonServer(options, log_path=log_path) as server:
         server.wait_ready()

@@ -15,7 +15,7 @@ import yaml
 
 from ofa_triton.client import PredictionError, VisualEntailmentClient
 from ofa_triton.export import export_repository
-from ofa_triton.server import ServerOptions, TritonServer, free_port
+from ofa_triton.server import ServerOptions, TritonServer
 from tests.test_deployment import with_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,9 +116,7 @@ def docs_expressions() -> list[str]:
 def metrics_server(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("observability")
     export_repository(tiny_checkpoint, root / "repository", progress=lambda _: None)
-    options = ServerOptions(repository=root / "repository", host="127.0.0.1",
-                            http_port=free_port(), grpc_port=free_port(),
-                            metrics_port=free_port())   # server_command adds SUMMARY_FLAG
+    options = ServerOptions.loopback(root / "repository")   # server_command adds SUMMARY_FLAG
     with TritonServer(options, log_path=root / "server.log") as server:
         server.wait_ready()
         yield server

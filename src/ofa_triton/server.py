@@ -103,6 +103,12 @@ class ServerOptions:
     admin_key: str | None = None
     extra_args: tuple[str, ...] = ()
 
+    @classmethod
+    def loopback(cls, repository: Path, **settings) -> "ServerOptions":
+        """Listening on 127.0.0.1 only, on free ports: tests, benchmarks, the soak."""
+        return cls(repository=Path(repository), host="127.0.0.1", http_port=free_port(),
+                   grpc_port=free_port(), metrics_port=free_port(), **settings)
+
 
 ADMIN_HEADER = "admin-key"
 RESTRICTED_APIS = "model-repository,model-config,shared-memory"
