@@ -36,10 +36,8 @@ class LoadResult:
 
 
 class TritonTarget:
-    name = "triton"
-
-    def __init__(self, url: str, model: str = "ofa_visual_entailment"):
-        self.url, self.model = url, model
+    def __init__(self, url: str, model: str = "ofa_visual_entailment", name: str = "triton"):
+        self.url, self.model, self.name = url, model, name
 
     async def open(self):
         import tritonclient.http.aio as httpaio

@@ -10,8 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "BENCHMARKS.md"
-NAMES = {"triton": "Triton ensemble (HTTP)", "baseline": "ModelScope pipeline service",
-         "baseline_eager": "eager PyTorch service"}
+NAMES = {"triton": "Triton ensemble (HTTP)",
+         "triton_int8": "Triton ensemble, int8 convolutions (HTTP)",
+         "baseline": "ModelScope pipeline service", "baseline_eager": "eager PyTorch service"}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,19 +33,22 @@ def render(results: dict, name: str) -> str:
     parts.append(f"**At concurrency {results['concurrency']}** (one closed-loop load generator, "
                  f"same inputs, interleaved; median of {rounds} rounds):\n\n" + _table(
                      ["system", "throughput (req/s)", "p50 (ms)", "p99 (ms)"], headline))
-    if results.get("headline_rounds"):
+    rounds_by_system = results.get("headline_rounds", {})
+    for key in ("triton", "triton_int8"):
         per_round = [f"{t['throughput'] / b['throughput']:.2f}x" for t, b in
-                     zip(results["headline_rounds"]["triton"],
-                         results["headline_rounds"].get("baseline", []))]
+                     zip(rounds_by_system.get(key, []), rounds_by_system.get("baseline", []))]
         if per_round:
-            parts.append("Triton / ModelScope throughput in each round: " + ", ".join(per_round)
-                         + ".")
+            parts.append(f"{NAMES[key]} / ModelScope throughput in each round: "
+                         + ", ".join(per_round) + ".")
     if results.get("ratios_at_concurrency_8"):
         ratios = results["ratios_at_concurrency_8"]
         parts.append(f"Triton / ModelScope: **{ratios['throughput_triton_over_modelscope']:.2f}x "
                      f"throughput**, p99 ratio {ratios['p99_triton_over_modelscope']:.2f} "
                      f"(perf_analyzer's figure gives "
-                     f"{ratios['throughput_triton_perf_analyzer_over_modelscope']:.2f}x).")
+                     f"{ratios['throughput_triton_perf_analyzer_over_modelscope']:.2f}x)."
+                     + (f" With int8 convolutions (opt-in, answers within 0.05): "
+                        f"**{ratios['throughput_triton_int8_over_modelscope']:.2f}x**."
+                        if "throughput_triton_int8_over_modelscope" in ratios else ""))
     sweep_rows = []
     for index, level in enumerate(results["profile"]["concurrency"]):
         row = [str(level)]
@@ -61,11 +65,13 @@ def render(results: dict, name: str) -> str:
         ["concurrency", *NAMES.values(), "Triton, perf_analyzer (gRPC)",
          "encoder-decoder batch"], sweep_rows))
     at8 = next(r for r in results["perf_analyzer"] if r["concurrency"] == results["concurrency"])
+    composing = dict(at8["composing_models"])
+    composing.update((results.get("perf_analyzer_int8") or {}).get("composing_models", {}))
     breakdown_rows = [[model, f"{b['average_batch_size']:.2f}", f"{b['queue_ms']:.1f}",
                        f"{b['compute_input_ms']:.1f}", f"{b['compute_infer_ms']:.1f}",
                        f"{b['compute_output_ms']:.1f}"]
-                      for model, b in at8["composing_models"].items()
-                      if model != "ofa_visual_entailment"]
+                      for model, b in composing.items()
+                      if not model.endswith("ofa_visual_entailment")]
     parts.append(f"**Server-side breakdown at concurrency {results['concurrency']}** (perf_analyzer "
                  "run; Triton statistics per inference, ms; a batch's compute time is counted "
                  "for each of its requests):\n\n" + _table(
@@ -82,7 +88,10 @@ def render(results: dict, name: str) -> str:
         ["encoder-decoder achieved (useful FLOPs / execution time)",
          f"{e['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s"],
         ["fraction of the GEMM rate", f"**{e['achieved_fraction_of_gemm']:.0%}**"],
-    ]))
+    ] + ([["encoder-decoder execution per sample at concurrency 8, fp32 / int8 convolutions",
+           f"{e['encoder_decoder_ms_per_sample']:.1f} / "
+           f"{e['int8_encoder_decoder_ms_per_sample']:.1f} ms"]]
+         if "int8_encoder_decoder_ms_per_sample" in e else [])))
     return "\n\n".join(parts)
 
 

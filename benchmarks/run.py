@@ -18,10 +18,12 @@ Writes benchmarks/results/<profile>.json, the perf_analyzer CSVs and a throughpu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"   # committed: the run BENCHMARKS.md reports
 WORK = ROOT / "work" / "bench"
 
 LARGE = dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
@@ -41,14 +43,16 @@ PROFILES = {
                 architecture={}, image_size=256, device="cpu", precision="fp32",
                 concurrency=(1, 2, 4, 8, 16, 32), duration=10.0, perf_ms=4000, rounds=3,
                 preprocess_instances=2, encoder_decoder_instances=1, max_batch_size=32,
-                queue_delay_us=5000),
+                queue_delay_us=5000, int8=True),
     "gpu": dict(model="ofa-large architecture, 480 px, fp16, random weights", size_name="large",
                 architecture=LARGE, image_size=480, device="gpu", precision="fp16",
                 concurrency=(1, 2, 4, 8, 16, 32, 64, 128), duration=15.0, perf_ms=5000, rounds=3,
                 preprocess_instances=12, encoder_decoder_instances=2, max_batch_size=64,
-                queue_delay_us=2000),
+                queue_delay_us=2000, int8=False),
 }
 HEADLINE_CONCURRENCY = 8
+# The opt-in int8 export (CPU profile) is served beside the fp32 one, under this name prefix.
+INT8_PREFIX = "int8_"
 
 
 def log(message: str) -> None:
@@ -158,13 +162,14 @@ def interleaved_sweep(targets: list, requests, profile) -> dict[str, list[dict]]
 class BaselineService:
     """A baseline FastAPI service in its own process (and interpreter)."""
 
-    def __init__(self, name: str, kind: str, python: Path, checkpoint: Path, port: int):
+    def __init__(self, name: str, kind: str, python: Path, checkpoint: Path, port: int,
+                 log_dir: Path):
         self.name, self.port = name, port
         log(f"  starting {name}: the {kind} FastAPI service ({python})")
         self.process = subprocess.Popen(
             [str(python), "-m", "benchmarks.baseline_app", "--kind", kind, "--model",
              str(checkpoint), "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=open(WORK / f"{name}.log", "wb"))
+            stderr=open(log_dir / f"{name}.log", "wb"))
 
     def target(self):
         from benchmarks.loadgen import HttpJsonTarget
@@ -195,6 +200,7 @@ def plot(results: dict, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     series = [("Triton (load generator, HTTP)", results["sweeps"]["triton"], "s-"),
+              ("Triton, int8 convolutions (HTTP)", results["sweeps"].get("triton_int8"), "D-"),
               ("Triton (perf_analyzer, gRPC)", results["perf_analyzer"], "o--"),
               ("ModelScope pipeline service", results["sweeps"].get("baseline"), "^-"),
               ("Eager PyTorch service", results["sweeps"].get("baseline_eager"), "v-")]
@@ -218,7 +224,7 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
@@ -228,7 +234,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=INT",
                         help="override integer profile values (e.g. encoder_decoder_instances=2)")
     parser.add_argument("--reference-python", type=Path, default=ROOT / ".venv-ref/bin/python")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help=f"where the JSON, plot and CSVs go (default: {RESULTS})")
+    parser.add_argument("--work-dir", type=Path, default=WORK,
+                        help=f"checkpoint, export, logs (default: {WORK})")
+    args = parser.parse_args(argv)
     profile = dict(PROFILES[args.profile])
     if args.duration:
         profile["duration"] = args.duration
@@ -250,14 +260,15 @@ def main() -> None:
     from ofa_triton.export import export_repository, load_checkpoint
     from ofa_triton.server import ServerOptions, TritonServer, free_port
     from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
-    from ofa_triton.triton_config import ServingOptions
+    from ofa_triton.triton_config import ModelNames, ServingOptions
 
     started = time.monotonic()
-    WORK.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    work, results_dir = args.work_dir, args.results_dir
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
     name = args.profile
-    checkpoint = WORK / f"checkpoint-{name}"
-    repository = WORK / f"repository-{name}"
+    checkpoint = work / f"checkpoint-{name}"
+    repository = work / f"repository-{name}"
     log(f"[1/5] checkpoint ({profile['model']}) and export")
     if not (checkpoint / "pytorch_model.bin").is_file():
         generate_tiny_checkpoint(checkpoint, image_size=profile["image_size"],
@@ -267,29 +278,39 @@ def main() -> None:
                              preprocess_instances=profile["preprocess_instances"],
                              encoder_decoder_instances=profile["encoder_decoder_instances"],
                              intra_op_threads=profile.get("intra_op_threads", 0))
+    shutil.rmtree(repository, ignore_errors=True)   # a re-run must serve this export
     export_repository(checkpoint, repository, options=options, precision=profile["precision"],
                       progress=lambda m: log("      " + m.strip()))
+    if profile["int8"]:
+        log("      the same checkpoint with int8 convolutions, beside it as "
+            f"{INT8_PREFIX}ofa_visual_entailment")
+        export_repository(checkpoint, repository, precision="int8",
+                          options=dataclasses.replace(options, name_prefix=INT8_PREFIX),
+                          progress=lambda m: log("      " + m.strip()))
     requests = build_requests()
-    inputs_json = write_perf_analyzer_inputs(requests, WORK / "perf_analyzer_inputs.json")
+    inputs_json = write_perf_analyzer_inputs(requests, work / "perf_analyzer_inputs.json")
 
     log("[2/5] starting Triton and the baselines (all idle until measured)")
-    server = TritonServer(ServerOptions.loopback(repository), log_path=WORK / "tritonserver.log")
+    server = TritonServer(ServerOptions.loopback(repository), log_path=work / "tritonserver.log")
     baselines = []
     if not args.skip_baselines:
         if args.reference_python.is_file():
             baselines.append(BaselineService("baseline", "modelscope", args.reference_python,
-                                             checkpoint, free_port()))
+                                             checkpoint, free_port(), work))
         else:
             log(f"  no ModelScope baseline: no reference environment at "
                 f"{args.reference_python} (make reference-env)")
         baselines.append(BaselineService("baseline_eager", "eager", Path(sys.executable),
-                                         checkpoint, free_port()))
-    perf_rows, breakdowns = [], {}
+                                         checkpoint, free_port(), work))
+    perf_rows, breakdowns, perf_int8 = [], {}, None
     try:
         with server:
             server.wait_ready(600)
-            triton = TritonTarget(server.http_url)
-            targets = [triton] + [b.target() for b in baselines]
+            triton = [TritonTarget(server.http_url)]
+            if profile["int8"]:
+                triton.append(TritonTarget(server.http_url, ModelNames(INT8_PREFIX).ensemble,
+                                           name="triton_int8"))
+            targets = triton + [b.target() for b in baselines]
             for target in targets:   # warm-up: first requests load lazily initialized code
                 run_load(target, requests, 2, 3.0, warmup=0)
             log("[3/5] Triton: perf_analyzer over gRPC, with the composing models' breakdown")
@@ -297,8 +318,8 @@ def main() -> None:
             for concurrency in profile["concurrency"]:
                 before = model_statistics(stats_client)
                 row = run_perf_analyzer(server.grpc_url, inputs_json, concurrency,
-                                        RESULTS / f"{name}_perf_analyzer_c{concurrency}.csv",
-                                        WORK, measurement_ms=profile["perf_ms"])
+                                        results_dir / f"{name}_perf_analyzer_c{concurrency}.csv",
+                                        work, measurement_ms=profile["perf_ms"])
                 breakdowns[concurrency] = breakdown(before, model_statistics(stats_client))
                 row["composing_models"] = breakdowns[concurrency]
                 perf_rows.append(row)
@@ -306,6 +327,15 @@ def main() -> None:
                 log(f"  perf_analyzer c={concurrency}: {row['throughput']:.2f}/s p99 "
                     f"{row['p99_ms']:.0f} ms, encoder-decoder batch "
                     f"{batch.get('average_batch_size') or 0:.2f}")
+            if profile["int8"]:   # its breakdown at the headline concurrency
+                before = model_statistics(stats_client)
+                perf_int8 = run_perf_analyzer(
+                    server.grpc_url, inputs_json, HEADLINE_CONCURRENCY,
+                    results_dir / f"{name}_int8_perf_analyzer_c{HEADLINE_CONCURRENCY}.csv", work,
+                    measurement_ms=profile["perf_ms"], model=ModelNames(INT8_PREFIX).ensemble)
+                perf_int8["composing_models"] = breakdown(before, model_statistics(stats_client))
+                log(f"  perf_analyzer int8 c={HEADLINE_CONCURRENCY}: "
+                    f"{perf_int8['throughput']:.2f}/s p99 {perf_int8['p99_ms']:.0f} ms")
             stats_client.close()
             log("[4/5] one closed-loop load generator: Triton (HTTP) and the baselines, "
                 "interleaved per concurrency")
@@ -343,7 +373,12 @@ def main() -> None:
         "encoder_decoder_at_concurrency_8": at8,
         "achieved_flops_per_second": achieved,
         "achieved_fraction_of_gemm": achieved / gemm["flops_per_second"],
+        "encoder_decoder_ms_per_sample": at8["execution_compute_infer_s"] / at8["inferences"] * 1e3,
     }
+    if perf_int8:
+        int8_at8 = perf_int8["composing_models"][ModelNames(INT8_PREFIX).encoder_decoder]
+        efficiency["int8_encoder_decoder_ms_per_sample"] = \
+            int8_at8["execution_compute_infer_s"] / int8_at8["inferences"] * 1e3
     log(f"  {flops['flops_per_sample'] / 1e9:.2f} GFLOP/sample, GEMM "
         f"{gemm['flops_per_second'] / 1e9:.1f} GFLOP/s, achieved "
         f"{achieved / 1e9:.1f} GFLOP/s = {efficiency['achieved_fraction_of_gemm']:.0%}")
@@ -352,6 +387,8 @@ def main() -> None:
         # The comparison: one load generator, same inputs, same concurrency, interleaved.
         "triton": headline(headline_rounds["triton"]),
         "triton_perf_analyzer_grpc": headline(perf_rows),
+        "triton_int8": headline(headline_rounds.get("triton_int8")),
+        "perf_analyzer_int8": perf_int8,
         "baseline": headline(headline_rounds.get("baseline")),
         "baseline_eager": headline(headline_rounds.get("baseline_eager")),
         "headline_rounds": headline_rounds,
@@ -372,11 +409,15 @@ def main() -> None:
             "p99_triton_over_modelscope": results["triton"]["p99_ms"] / results["baseline"]["p99_ms"],
             "throughput_triton_perf_analyzer_over_modelscope": results["triton_perf_analyzer_grpc"]["throughput"] / results["baseline"]["throughput"],
         }
-    out = RESULTS / f"{name}.json" if name == "cpu" else \
-        RESULTS / f"gpu-{machine().get('gpu', 'unknown').lower().replace(' ', '-')}.json"
+        if results["triton_int8"]:
+            results["ratios_at_concurrency_8"]["throughput_triton_int8_over_modelscope"] = \
+                results["triton_int8"]["throughput"] / results["baseline"]["throughput"]
+    out = results_dir / f"{name}.json" if name == "cpu" else \
+        results_dir / f"gpu-{machine().get('gpu', 'unknown').lower().replace(' ', '-')}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     log(f"wrote {out} and {out.with_suffix('.png')} in {results['seconds']:.0f} s")
+    return out
 
 
 if __name__ == "__main__":

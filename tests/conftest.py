@@ -89,10 +89,13 @@ PROBABILITY_TOLERANCE = 1e-4   # served answers against ModelScope's (fp32 graph
 
 
 def assert_answers_match_goldens(client, goldens: Goldens, golden_images: dict[str, Path],
-                                 concurrency: int = 8) -> None:
-    """Every golden case through ``client`` (a VisualEntailmentClient): ModelScope's label,
-    probabilities within PROBABILITY_TOLERANCE. ModelScope answers a blank hypothesis; the
-    service refuses it with INVALID_ARG, which is checked instead."""
+                                 concurrency: int = 8,
+                                 tolerance: float = PROBABILITY_TOLERANCE) -> None:
+    """Every golden case through ``client`` (a VisualEntailmentClient): probabilities within
+    ``tolerance`` of ModelScope's, and its label wherever ModelScope's two best answers are
+    more than twice that apart (closer ones may swap within the tolerance; at the fp32
+    default no case is that close). ModelScope answers a blank hypothesis; the service
+    refuses it with INVALID_ARG, which is checked instead."""
     from ofa_triton.client import PredictionError
     from ofa_triton.labels import ANSWER_TO_LABEL
 
@@ -106,8 +109,10 @@ def assert_answers_match_goldens(client, goldens: Goldens, golden_images: dict[s
             assert "'hypothesis' is empty" in str(result)
             continue
         assert not isinstance(result, Exception), (case["name"], result)
-        assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
+        best, second = sorted(case["probabilities"])[:-3:-1]
+        if best - second > 2 * tolerance:
+            assert result.label == ANSWER_TO_LABEL[case["answer"]], case["name"]
         for answer, expected in zip(goldens.answers, case["probabilities"]):
             got = result.probabilities[ANSWER_TO_LABEL[answer]]
-            assert abs(got - expected) <= PROBABILITY_TOLERANCE, case["name"]
-        assert abs(result.confidence - case["score"]) <= PROBABILITY_TOLERANCE, case["name"]
+            assert abs(got - expected) <= tolerance, case["name"]
+        assert abs(result.confidence - case["score"]) <= tolerance, case["name"]

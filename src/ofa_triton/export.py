@@ -150,17 +150,60 @@ def check_new_version(repository: Path, names: ModelNames, version: int,
                 "--name-prefix large_")
 
 
+def write_graph(loaded: LoadedCheckpoint, config: OnnxExportConfig, path: Path, precision: str,
+                calibration: tuple[list[bytes], str] | None = None,
+                progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The validated graph at ``path``; returns its validation figures (and, for int8, how it
+    was quantized). ``calibration``: int8's images and where they came from
+    (quantization.calibration_images)."""
+    progress(f"[2/4] exporting the {precision} ONNX graph (opset {config.opset})")
+    if precision != "int8":
+        export_onnx(loaded.model, config, path, precision)
+        progress("[3/4] validating the graph against the PyTorch module with onnxruntime")
+        validation = validate_onnx(loaded.model, config, path, precision)
+    else:
+        from .quantization import generated_images, graph_inputs, quantize_convolutions
+
+        images, described = calibration
+        preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
+                                                    loaded.checkpoint.merges_file)
+        with tempfile.TemporaryDirectory(prefix="ofa-fp32-") as scratch:
+            fp32_graph = Path(scratch) / GRAPH_FILE
+            export_onnx(loaded.model, config, fp32_graph, "fp32")
+            quantization = quantize_convolutions(
+                fp32_graph, path, graph_inputs(preprocessor, images), progress)
+        progress("[3/4] validating the graph against the PyTorch module with onnxruntime, on "
+                 "held-out generated images")
+        held_out = graph_inputs(preprocessor, generated_images(8, seed=9000), batch_size=4)
+        validation = validate_onnx(loaded.model, config, path, precision, inputs=held_out)
+        validation["quantization"] = {**quantization, "calibration": described}
+    progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
+             f"(tolerance {validation['tolerance']})")
+    return validation
+
+
 def export_repository(source: str | Path, repository: str | Path, *,
                       options: ServingOptions = ServingOptions(), precision: str | None = None,
                       version: int | None = None, progress: Callable[[str], None] = print,
-                      limits: InputLimits = InputLimits(),
+                      limits: InputLimits = InputLimits(), calibration_images: Path | None = None,
                       **setting_overrides: Any) -> dict[str, Any]:
     """Export ``source`` into ``repository`` (configs, model.py files, graph, tokenizer
     files, settings, warmup sample) as ``version`` (default: the next free one) and return
-    the export record."""
+    the export record. ``calibration_images``: a directory of typical request images for
+    ``precision="int8"`` (default: generated ones)."""
     device = options.device
     names = options.names
     precision = precision or DEFAULT_PRECISION[device]
+    if precision == "int8" and device != "cpu":
+        raise ValueError("--precision int8 is for --device cpu (onnxruntime's CPU int8 "
+                         "kernels); on a GPU export fp16")
+    if calibration_images is not None and precision != "int8":
+        raise ValueError("--calibration-images applies to --precision int8 only")
+    calibration = None
+    if precision == "int8":
+        from .quantization import calibration_images as read_calibration_images
+
+        calibration = read_calibration_images(calibration_images)   # bad paths fail first
     repository = Path(repository)
     check_output_directory(repository)
     if version is None:
@@ -187,12 +230,8 @@ def export_repository(source: str | Path, repository: str | Path, *,
     graph_dir = repository / names.encoder_decoder / str(version)
     with tempfile.TemporaryDirectory(prefix="ofa-export-") as scratch:
         scratch_graph = Path(scratch) / GRAPH_FILE
-        progress(f"[2/4] exporting the {precision} ONNX graph (opset {config.opset})")
-        export_onnx(loaded.model, config, scratch_graph, precision)
-        progress("[3/4] validating the graph against the PyTorch module with onnxruntime")
-        validation = validate_onnx(loaded.model, config, scratch_graph, precision)
-        progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
-                 f"(tolerance {validation['tolerance']})")
+        validation = write_graph(loaded, config, scratch_graph, precision, calibration,
+                                 progress)
         graph_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(scratch_graph), graph_dir / GRAPH_FILE)
         for extra in Path(scratch).iterdir():  # external-data files of graphs over 2 GB
