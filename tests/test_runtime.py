@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofa_triton.runtime import (RequestError, concat_batches, rows, split_rows, text_from_bytes,
-                                trim_padding)
+from ofa_triton.runtime import (RequestError, concat_batches, require_cuda, rows, split_rows,
+                                text_from_bytes, trim_padding)
 from ofa_triton.settings import ServingSettings
 from ofa_triton.triton_config import ServedVersions, ServingOptions, render_configs
 
@@ -75,3 +75,10 @@ def test_trim_padding_keeps_every_non_pad_column():
     assert trimmed["input_ids"].tolist() == [[0, 5, 2, 1, 1], [0, 5, 6, 7, 2]]
     assert trimmed["decoder_input_ids"].tolist() == [[0, 5, 1, 1], [0, 5, 6, 7]]
     assert trimmed["patch_images"] is batch["patch_images"]
+
+
+def test_a_gpu_instance_refuses_onnxruntimes_silent_cpu_fallback():
+    require_cuda(["CUDAExecutionProvider", "CPUExecutionProvider"], 0)
+    with pytest.raises(RuntimeError, match="could not start its CUDA provider on GPU 1 .*"
+                       r"onnxruntime-gpu\[cuda,cudnn\]"):
+        require_cuda(["CPUExecutionProvider"], 1)

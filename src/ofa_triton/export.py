@@ -84,7 +84,7 @@ def load_checkpoint(source: str | Path, **setting_overrides: Any) -> LoadedCheck
 
 
 def package_versions() -> dict[str, str]:
-    names = ("torch", "onnx", "onnxruntime", "tokenizers", "numpy", "pillow")
+    names = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "pillow")
     versions = {"ofa-triton": __version__, "python": platform.python_version(),
                 "triton": TRITON_VERSION}
     for name in names:

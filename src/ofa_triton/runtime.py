@@ -5,7 +5,8 @@ small classes, testable without a server.
 - ``text_from_bytes`` / ``rows``: TYPE_STRING tensors to str, with clear errors;
 - ``concat_batches`` / ``split_rows``: merge the requests of a dynamic batch and split back;
 - ``trim_padding``: drop the token columns that are padding in the whole batch;
-- ``EncoderDecoderSession``: the onnxruntime session on the instance's device.
+- ``EncoderDecoderSession``: the onnxruntime session on the instance's device
+  (``require_cuda``: a GPU instance never falls back to the CPU silently).
 """
 
 from __future__ import annotations
@@ -71,6 +72,19 @@ def trim_padding(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, n
     return trimmed
 
 
+def require_cuda(session_providers: Sequence[str], device_id: int) -> None:
+    """onnxruntime falls back to the CPU, with only a log line, when the CUDA provider cannot
+    start (CUDA or cuDNN libraries missing or of another major version). A KIND_GPU instance
+    that silently computes on the CPU is worse than one that fails to load."""
+    if "CUDAExecutionProvider" not in session_providers:
+        raise RuntimeError(
+            f"onnxruntime could not start its CUDA provider on GPU {device_id} and would run "
+            f"on the CPU (session providers: {list(session_providers)}): the CUDA and cuDNN "
+            "libraries onnxruntime-gpu was built for are missing. Install "
+            "'onnxruntime-gpu[cuda,cudnn]' (make bench-gpu does), or use the NGC Triton image "
+            "(docker-compose.yml); onnxruntime.print_debug_info() lists what it looked for")
+
+
 class EncoderDecoderSession:
     """The exported scorer in onnxruntime, on the device Triton gave this model instance."""
 
@@ -85,19 +99,26 @@ class EncoderDecoderSession:
         # those cycles.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        if instance_kind.upper() == "GPU":
+        gpu = instance_kind.upper() == "GPU"
+        if gpu:
             available = ort.get_available_providers()
             if "CUDAExecutionProvider" not in available:
                 raise RuntimeError(
                     "this instance is KIND_GPU but onnxruntime has no CUDAExecutionProvider "
                     f"(available: {available}); install onnxruntime-gpu or export with "
                     "--device cpu")
+            if hasattr(ort, "preload_dlls"):   # onnxruntime-gpu >= 1.21
+                # CUDA and cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn],
+                # where they are installed; system libraries are found as usual.
+                ort.preload_dlls()
             providers = [("CUDAExecutionProvider", {"device_id": device_id}),
                          "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(graph), options, providers=providers)
         self.providers = self.session.get_providers()
+        if gpu:
+            require_cuda(self.providers, device_id)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
