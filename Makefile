@@ -44,14 +44,19 @@ reference-env: $(REF_STAMP)
 goldens: $(REF_STAMP)
 	.venv-ref/bin/python tests/golden/make_goldens.py
 
-# Triton against the ModelScope-pipeline service and the eager PyTorch service, side by side
-# (OFA-tiny architecture, 256 px; about 7 minutes after the environments exist).
+# Triton (fp32, and the opt-in int8 export beside it) against the ModelScope-pipeline service
+# and the eager PyTorch service, side by side (OFA-tiny architecture, 256 px; about 11 minutes
+# after the environments exist).
 bench: $(STAMP) $(REF_STAMP)
 	$(PY) -m benchmarks.run --profile cpu
 
-# The same on a GPU host: OFA-large architecture, 480 px, fp16 (needs onnxruntime-gpu).
+# The same on a GPU host: OFA-large architecture, 480 px, fp16. onnxruntime-gpu replaces the
+# CPU onnxruntime (both install the same `onnxruntime` module, so they cannot sit side by
+# side); its [cuda,cudnn] extras bring the CUDA 13 and cuDNN 9 libraries it was built for.
+# 1.31.1 is the newest onnxruntime-gpu release (the CPU package is pinned at 1.32.0).
 bench-gpu: $(STAMP) $(REF_STAMP)
-	$(PY) -m pip install -q --no-deps "onnxruntime-gpu==1.31.1"
+	$(PY) -m pip uninstall -q -y onnxruntime
+	$(PY) -m pip install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1" "numpy<2"
 	$(PY) -m benchmarks.run --profile gpu
 
 # Soak: a fresh tiny export under steady open-loop load (80% of its measured capacity, one

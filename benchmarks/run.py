@@ -81,6 +81,7 @@ def machine() -> dict:
 
 
 def commit() -> str:
+    """HEAD, with "-dirty" when tracked files differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10).stdout.strip()
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> Path:
     from ofa_triton.triton_config import ModelNames, ServingOptions
 
     started = time.monotonic()
+    source_commit = commit()   # before this run rewrites the committed result files
     work, results_dir = args.work_dir, args.results_dir
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> Path:
         "concurrency": HEADLINE_CONCURRENCY,
         "model": profile["model"],
         "machine": machine(),
-        "commit": commit(),
+        "commit": source_commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "profile": {k: v for k, v in profile.items() if k != "architecture"},
         "perf_analyzer": perf_rows,
