@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the encoder-decoder will run (default: cpu)")
     export.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="graph precision (default: fp32 for cpu, fp16 for gpu); int8: "
-                        "convolutions in int8 for the CPU, about 1.8x faster, answers within "
-                        "0.1 in log-probability (opt-in)")
+                        "convolutions in int8 for the CPU (opt-in): the encoder-decoder about 1.6x "
+                        "faster, answers within 0.05 in probability (BENCHMARKS.md)")
     export.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
                         help="with --precision int8: a directory of typical request images to "
                         "calibrate on (default: 16 generated photo-like images)")
