@@ -10,16 +10,11 @@ Written two ways from the same requests:
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 
-from PIL import Image
-
-from ofa_triton.synthetic import photo_like
+from ofa_triton.synthetic import photo_like_jpegs
 from ofa_triton.warmup import serialize_strings
-
-SIZES = ((640, 480), (1280, 960))
 
 TEXTS = [
     ("Two men are playing soccer on a green field.", "People are playing a sport."),
@@ -35,14 +30,9 @@ TEXTS = [
 
 def build_requests(count: int = 16, seed: int = 1000) -> list[dict]:
     """``count`` requests cycling through the sizes and texts; images differ per request."""
-    requests = []
-    for index in range(count):
-        width, height = SIZES[index % len(SIZES)]
-        buffer = io.BytesIO()
-        Image.fromarray(photo_like(width, height, seed + index)).save(buffer, "JPEG", quality=85)
-        hypothesis, premise = TEXTS[index % len(TEXTS)]
-        requests.append({"image": buffer.getvalue(), "hypothesis": hypothesis, "premise": premise})
-    return requests
+    return [{"image": image, "hypothesis": TEXTS[index % len(TEXTS)][0],
+             "premise": TEXTS[index % len(TEXTS)][1]}
+            for index, image in enumerate(photo_like_jpegs(count, seed))]
 
 
 def _length_prefixed_b64(value: bytes) -> dict:

@@ -162,7 +162,8 @@ def write_graph(loaded: LoadedCheckpoint, config: OnnxExportConfig, path: Path, 
         progress("[3/4] validating the graph against the PyTorch module with onnxruntime")
         validation = validate_onnx(loaded.model, config, path, precision)
     else:
-        from .quantization import generated_images, graph_inputs, quantize_convolutions
+        from .quantization import graph_inputs, quantize_convolutions
+        from .synthetic import photo_like_jpegs
 
         images, described = calibration
         preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
@@ -174,7 +175,7 @@ def write_graph(loaded: LoadedCheckpoint, config: OnnxExportConfig, path: Path, 
                 fp32_graph, path, graph_inputs(preprocessor, images), progress)
         progress("[3/4] validating the graph against the PyTorch module with onnxruntime, on "
                  "held-out generated images")
-        held_out = graph_inputs(preprocessor, generated_images(8, seed=9000), batch_size=4)
+        held_out = graph_inputs(preprocessor, photo_like_jpegs(8, seed=9000), batch_size=4)
         validation = validate_onnx(loaded.model, config, path, precision, inputs=held_out)
         validation["quantization"] = {**quantization, "calibration": described}
     progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "

@@ -17,7 +17,6 @@ without them, generated photo-like images are used and the export record says so
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 from .image import ImageDecodeError, decode_image
 from .preprocessing import VisualEntailmentPreprocessor, stack
 from .runtime import trim_padding
-from .synthetic import photo_like
+from .synthetic import photo_like_jpegs
 
 QUANTIZED_OPS = ("Conv",)
 GENERATED_CALIBRATION_IMAGES = 16
@@ -38,23 +37,10 @@ CALIBRATION_TEXTS = (("Two people are walking a dog in the park.", None),
                      ("The street is empty.", "Cars wait at a red light on a busy street."))
 
 
-def generated_images(count: int, seed: int) -> list[bytes]:
-    """Photo-like JPEGs of the two typical sizes (ofa_triton.synthetic)."""
-    from PIL import Image
-
-    images = []
-    for index in range(count):
-        width, height = ((640, 480), (1280, 960))[index % 2]
-        buffer = io.BytesIO()
-        Image.fromarray(photo_like(width, height, seed + index)).save(buffer, "JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
-
-
 def calibration_images(directory: Path | None) -> tuple[list[bytes], str]:
     """The calibration images' bytes and a description of where they came from."""
     if directory is None:
-        return (generated_images(GENERATED_CALIBRATION_IMAGES, seed=5000),
+        return (photo_like_jpegs(GENERATED_CALIBRATION_IMAGES, seed=5000),
                 f"{GENERATED_CALIBRATION_IMAGES} generated photo-like images")
     directory = Path(directory)
     if not directory.is_dir():

@@ -4,7 +4,12 @@ fidelity corpus, the benchmarks and the example image; deterministic per seed.""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+# Typical request photo sizes: VGA and 1.2 megapixels.
+TYPICAL_SIZES = ((640, 480), (1280, 960))
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -23,3 +28,18 @@ def photo_like(width: int, height: int, seed: int) -> np.ndarray:
         base[inside] = rng.uniform(0, 255, 3)
     base += rng.normal(0, 6, base.shape)
     return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def photo_like_jpegs(count: int, seed: int, quality: int = 85) -> list[bytes]:
+    """``count`` JPEG files cycling through TYPICAL_SIZES, a different image each (seed,
+    seed + 1, ...): the benchmark's requests and int8's default calibration images."""
+    from PIL import Image
+
+    images = []
+    for index in range(count):
+        width, height = TYPICAL_SIZES[index % len(TYPICAL_SIZES)]
+        buffer = io.BytesIO()
+        Image.fromarray(photo_like(width, height, seed + index)).save(buffer, "JPEG",
+                                                                      quality=quality)
+        images.append(buffer.getvalue())
+    return images
