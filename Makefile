@@ -10,7 +10,7 @@ REPOSITORY := $(WORK)/model_repository
 
 REF_STAMP := .venv-ref/.installed
 
-.PHONY: setup test serve bench bench-gpu soak goldens reference-env clean
+.PHONY: setup test serve bench bench-gpu soak goldens reference-env device-kit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,13 +50,11 @@ goldens: $(REF_STAMP)
 bench: $(STAMP) $(REF_STAMP)
 	$(PY) -m benchmarks.run --profile cpu
 
-# The same on a GPU host: OFA-large architecture, 480 px, fp16. onnxruntime-gpu replaces the
-# CPU onnxruntime (both install the same `onnxruntime` module, so they cannot sit side by
-# side); its [cuda,cudnn] extras bring the CUDA 13 and cuDNN 9 libraries it was built for.
-# 1.31.1 is the newest onnxruntime-gpu release (the CPU package is pinned at 1.32.0).
+# The same comparison on a GPU host with a package registry and the reference environment:
+# OFA-large architecture, 480 px, fp16, the PyTorch runtime (the --device gpu default; PyPI's
+# torch 2.13.0 for Linux is a CUDA 13 build). On a GPU machine without a registry, carry
+# .device-kit (make device-kit) and run benchmarks/device/run.sh instead (BENCHMARKS.md).
 bench-gpu: $(STAMP) $(REF_STAMP)
-	$(PY) -m pip uninstall -q -y onnxruntime
-	$(PY) -m pip install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1" "numpy<2"
 	$(PY) -m benchmarks.run --profile gpu
 
 # Soak: a fresh tiny export under steady open-loop load (80% of its measured capacity, one
@@ -65,6 +63,13 @@ bench-gpu: $(STAMP) $(REF_STAMP)
 # 50 MB over the second half. Writes benchmarks/results/soak.json and soak_memory.csv.
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes $(or $(MINUTES),30)
+
+# .device-kit/ (at most 56 MiB): what a GPU machine without a package registry lacks to serve
+# and measure the project there: tritonserver with its Python backend and libraries,
+# perf_analyzer, and the Python 3.12 wheels (numpy 1.26.4, tritonclient, ...). Unpack it there
+# with `python3 -m benchmarks.device.kit unpack` (benchmarks/device/kit.py). About 2 minutes.
+device-kit: $(STAMP)
+	$(PY) -m benchmarks.device.kit build
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(WORK)

@@ -5,7 +5,7 @@
 Targets:
 - ``TritonTarget``: Triton's HTTP endpoint (KServe v2, binary tensors, via tritonclient's
   asyncio client);
-- ``HttpJsonTarget``: the FastAPI baselines, ``POST /predict`` with a JSON body.
+- ``HttpJsonTarget``: the baseline web apps, ``POST /predict`` with a JSON body.
 """
 
 from __future__ import annotations

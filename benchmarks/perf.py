@@ -1,8 +1,8 @@
 """The real perf_analyzer (shipped in tritonclient 2.50.0's wheel) against the ensemble.
 
 It needs ``libb64.so.0d`` and ``libcudart.so.12``. The nvidia-pytriton wheel vendors both
-(renamed by auditwheel), so a private directory of symlinks under the sonames is enough: no
-apt package and no CUDA download.
+(renamed by auditwheel; the device kit keeps them), so a private directory of symlinks under
+the sonames is enough: no apt package and no CUDA download.
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ def perf_analyzer_binary() -> Path:
 
 
 def library_directory(workdir: Path) -> Path:
-    import pytriton
+    """Symlinks under the sonames perf_analyzer asks for, to the server's vendored libraries
+    (the nvidia-pytriton wheel's, or an unpacked device kit's)."""
+    from ofa_triton.server import find_triton
 
-    vendored = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    vendored = find_triton().library_dir
+    if vendored is None:
+        raise FileNotFoundError("this tritonserver has no vendored libraries; install "
+                                "libb64-0d and nvidia-cuda-runtime-cu12 for perf_analyzer")
     target = workdir / "perf_analyzer_libs"
     target.mkdir(parents=True, exist_ok=True)
     for soname, prefix in VENDORED.items():
@@ -44,16 +49,17 @@ def library_directory(workdir: Path) -> Path:
 
 def run_perf_analyzer(url: str, inputs_json: Path, concurrency: int, csv_path: Path,
                       workdir: Path, measurement_ms: int = 4000, max_trials: int = 6,
-                      model: str = "ofa_visual_entailment") -> dict:
+                      model: str = "ofa_visual_entailment", grow_window: bool = True) -> dict:
     """One concurrency level over gRPC; returns the CSV row (figures in milliseconds).
 
-    The measurement window grows with the concurrency (a window must hold many requests when
-    each takes seconds). If perf_analyzer still finds no stable measurement, it is asked once
-    more with a looser stability threshold."""
+    With ``grow_window`` the measurement window grows with the concurrency (on a CPU, where
+    each request takes up to seconds, a window must still hold many of them). If
+    perf_analyzer finds no stable measurement, it is asked once more with a looser stability
+    threshold."""
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         [str(library_directory(workdir))] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
-    window = measurement_ms * max(1, concurrency // 8)
+    window = measurement_ms * (max(1, concurrency // 8) if grow_window else 1)
     for stability in (30, 60):
         argv = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", "grpc",
                 "--input-data", str(inputs_json),

@@ -5,8 +5,8 @@
 
 Order of work (one machine; every system is idle while another is measured):
 1. generate the checkpoint (random weights, the profile's architecture) and export it;
-2. start Triton, the ModelScope-pipeline FastAPI service (reference environment) and this
-   project's eager PyTorch module in the same FastAPI shape;
+2. start Triton, the ModelScope-pipeline web service (reference environment) and this
+   project's eager PyTorch module in the same web-app shape (benchmarks/baseline_app.py);
 3. Triton: perf_analyzer over gRPC at each concurrency, with the composing models' server
    breakdown from the statistics endpoint;
 4. one closed-loop load generator over HTTP: at each concurrency, Triton, then ModelScope,
@@ -161,12 +161,12 @@ def interleaved_sweep(targets: list, requests, profile) -> dict[str, list[dict]]
 
 
 class BaselineService:
-    """A baseline FastAPI service in its own process (and interpreter)."""
+    """A baseline web service (benchmarks/baseline_app.py) in its own process and interpreter."""
 
     def __init__(self, name: str, kind: str, python: Path, checkpoint: Path, port: int,
                  log_dir: Path):
         self.name, self.port = name, port
-        log(f"  starting {name}: the {kind} FastAPI service ({python})")
+        log(f"  starting {name}: the {kind} web service ({python})")
         self.process = subprocess.Popen(
             [str(python), "-m", "benchmarks.baseline_app", "--kind", kind, "--model",
              str(checkpoint), "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -68,6 +68,24 @@ def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
     return repositories
 
 
+# The device kit, built once per session (it downloads about 35 MB of wheels): for
+# test_device_kit.py and the smoke run of the GPU benchmark (test_device_run.py).
+DEVICE_KIT_BUILT_BY = "tests (conftest.py)"
+
+
+@pytest.fixture(scope="session")
+def built_device_kit(tmp_path_factory) -> tuple[Path, dict]:
+    from benchmarks.device.kit import build_kit
+
+    output = tmp_path_factory.mktemp("device-kit") / "kit"
+    return output, build_kit(output, progress=lambda _: None, command=DEVICE_KIT_BUILT_BY)
+
+
+@pytest.fixture(scope="session")
+def device_kit(built_device_kit) -> Path:
+    return built_device_kit[0]
+
+
 def start_triton(repository: Path, log_dir: Path, **settings):
     """A real tritonserver (the nvidia-pytriton wheel's) on free loopback ports; ``settings``
     are other ServerOptions (model_control, admin_key, extra_args)."""

@@ -3,8 +3,9 @@ gRPC: no request fails, answers switch to the deployed version's, and a broken v
 changes nothing.
 
 Each version's expected answer is computed in-process from its own exported files (the
-preprocessor, the ONNX graph and the label mapping the Triton models use); answers are
-compared within 1e-5.
+preprocessor, the encoder-decoder runtime and the label mapping the Triton models use);
+answers are compared within 1e-5. Version 2 runs the PyTorch runtime, version 1 onnxruntime:
+a deploy switches runtimes as it switches weights.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ofa_triton.export import export_repository
 from ofa_triton.labels import LABELS, scores_to_outputs
 from ofa_triton.manifest import read_manifest, write_manifest
 from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
-from ofa_triton.runtime import EncoderDecoderSession, trim_padding
+from ofa_triton.runtime import RuntimeRecord, open_encoder_decoder
 from ofa_triton.server import ServerOptions, TritonServer, admin_headers
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
@@ -42,10 +43,8 @@ def expected_probabilities(repository: Path, version: int, image: bytes) -> np.n
     """The version's answer, computed in-process from its exported files."""
     preprocessor = VisualEntailmentPreprocessor.from_directory(
         repository / "ofa_preprocess" / str(version))
-    graph_dir = repository / "ofa_encoder_decoder" / str(version)
     batch = stack([preprocessor(image, HYPOTHESIS, PREMISE)])
-    scores = EncoderDecoderSession(graph_dir / "model.onnx")(
-        trim_padding(batch, ServingSettings.read(graph_dir).pad_token_id))
+    scores = open_encoder_decoder(repository / "ofa_encoder_decoder" / str(version))(batch)
     answers = ServingSettings.read(repository / "ofa_postprocess" / str(version)).task.answers
     return scores_to_outputs(scores, answers)[2][0]
 
@@ -148,7 +147,8 @@ def test_deploy_and_rollback_under_load(versions, golden_images):
         server.wait_ready()
         with Traffic(server, image) as traffic:
             # A new version, exported beside the one serving, serves nothing yet.
-            export_repository(other, repository, progress=lambda _: None)
+            export_repository(other, repository, runtime="torch", progress=lambda _: None)
+            assert RuntimeRecord.read(repository / "ofa_encoder_decoder" / "2").runtime == "torch"
             expected[2] = expected_probabilities(repository, 2, image)
             assert np.abs(expected[2] - expected[1]).max() > 100 * ANSWER_TOLERANCE
             time.sleep(1.0)

@@ -7,27 +7,16 @@ from pathlib import Path
 
 import yaml
 
-from ofa_triton.export import TRITON_CONTAINER, TRITON_VERSION
-
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICE = COMPOSE["services"]["triton"]
 DOCKERFILE = (ROOT / SERVICE["build"]["dockerfile"]).read_text()
 
 
-def test_image_is_the_ngc_release_of_the_local_triton():
-    import pytriton
-    from importlib import metadata
-
-    assert re.search(rf"^FROM {re.escape(TRITON_CONTAINER)}$", DOCKERFILE, re.M)
-    assert TRITON_CONTAINER.endswith(":24.10-py3") and TRITON_VERSION == "2.51.0"
-    assert metadata.version("nvidia-pytriton") == "0.7.0"   # ships tritonserver 2.51.0
-    assert pytriton
-
-
 def test_dockerfile_installs_the_python_models_dependencies_and_drops_root():
     requirements = (ROOT / "docker" / "requirements-triton.txt").read_text()
-    for package in ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime-gpu==", "pillow=="):
+    for package in ("numpy==1.26.4", "tokenizers==0.23.3", "onnxruntime-gpu[cuda,cudnn]==",
+                    "pillow=="):
         assert package in requirements
     assert "requirements-triton.txt" in DOCKERFILE and "--no-deps /opt/ofa-triton" in DOCKERFILE
     assert re.search(r"^USER triton-server$", DOCKERFILE, re.M)

@@ -76,8 +76,10 @@ def test_dynamic_batch_and_length_give_the_same_scores(exported_repositories):
 
 @pytest.mark.slow
 def test_cli_exports_the_gpu_fp16_variant_of_another_configuration(checkpoint_dirs, tmp_path):
+    """The ONNX graph for onnxruntime-gpu (the PyTorch runtime, --device gpu's default, is
+    tested in test_torch_runtime.py)."""
     result = _run("export", "--model", checkpoint_dirs["variant"], "--repository", tmp_path,
-                  "--device", "gpu")
+                  "--device", "gpu", "--runtime", "onnxruntime")
     assert result.returncode == 0, result.stderr
     assert "[4/4]" in result.stdout
     record = json.loads((tmp_path / "ofa_encoder_decoder/1/manifest.json").read_text())

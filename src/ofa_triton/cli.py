@@ -8,14 +8,18 @@ from pathlib import Path
 
 from . import limits
 from .checkpoint import CheckpointError
+from .container import ImageCheckError
 from .deploy import DeployError
 from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
-from .onnx_export import PRECISIONS, ExportValidationError
+from .export import PRECISIONS
+from .onnx_export import ExportValidationError
+from .runtime import RUNTIMES, TORCH_COMPILE_MODES
 from .triton_config import ENSEMBLE_MODEL
 
 # Errors that mean "this input cannot be exported": shown as one line, exit code 2.
 USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError,
-               ExportValidationError, DeployError, FileNotFoundError, ValueError)
+               ExportValidationError, DeployError, ImageCheckError, FileNotFoundError,
+               ValueError)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -30,9 +34,11 @@ def _export(args: argparse.Namespace) -> int:
                              intra_op_threads=args.intra_op_threads,
                              max_queue_size=args.max_queue_size,
                              queue_timeout_us=args.queue_timeout_us,
-                             name_prefix=args.name_prefix)
+                             name_prefix=args.name_prefix,
+                             cuda_graph_batch_sizes=args.cuda_graph_batch_sizes,
+                             torch_compile=args.torch_compile)
     export_repository(args.model, args.repository, options=options, precision=args.precision,
-                      version=args.version, calibration_images=args.calibration_images,
+                      runtime=args.runtime, version=args.version, calibration_images=args.calibration_images,
                       patch_image_size=args.patch_image_size,
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type,
                       limits=limits.from_export_arguments(args))
@@ -139,6 +145,19 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _check_image(args: argparse.Namespace) -> int:
+    from .container import DOCKERFILE, check_image
+
+    results = check_image(args.dockerfile or DOCKERFILE, offline=args.offline)
+    for result in results:
+        print(f"{'ok  ' if result.ok else 'FAIL'} {result.name}")
+        for line in result.details:
+            print(f"     {line}")
+        for problem in result.problems:
+            print(f"     {problem}")
+    return 0 if all(result.ok for result in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofa-triton", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,8 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the model repository directory to write into")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="where the encoder-decoder will run (default: cpu)")
+    export.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="what runs the encoder-decoder: onnxruntime (an ONNX graph) or "
+                        "torch (this project's PyTorch module, with CUDA graphs on GPUs); "
+                        "default: onnxruntime for cpu, torch for gpu")
     export.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="graph precision (default: fp32 for cpu, fp16 for gpu); int8: "
+                        help="weights' precision (default: fp32 for cpu, fp16 for gpu); bf16: "
+                        "torch runtime only; int8: onnxruntime on the CPU only: "
                         "convolutions in int8 for the CPU (opt-in): the encoder-decoder about 1.6x "
                         "faster, answers within 0.05 in probability (BENCHMARKS.md)")
     export.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
@@ -182,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="longest wait in a step's queue before a request is refused "
                          "(0: no limit)")
     serving.add_argument("--intra-op-threads", type=int, default=0,
-                         help="onnxruntime threads per encoder-decoder instance (0: all cores)")
+                         help="CPU threads per encoder-decoder instance (0: all cores)")
+    serving.add_argument("--cuda-graph-batch-sizes", default="auto", metavar="SIZES",
+                         help="torch runtime on GPUs: batch sizes captured as CUDA graphs at "
+                         "load, e.g. 1,2,4,8,16,32 (auto: powers of two up to "
+                         "--max-batch-size; '': none)")
+    serving.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES, default="none",
+                         help="torch runtime: torch.compile mode (default none: eager kernels)")
     settings = export.add_argument_group(
         "task settings", "override configuration.json; needed for Hugging Face layout "
         "checkpoints, which have none (defaults: the released SNLI-VE settings)")
@@ -234,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "manifests (exit 0 when clean)")
     verify.add_argument("--repository", required=True, type=Path)
     verify.set_defaults(handler=_verify)
+
+    check_image = commands.add_parser(
+        "check-image", help="check the container image's Python side without Docker: base "
+        "image Python, wheels for every pinned requirement, CUDA builds, the package itself")
+    check_image.add_argument("--dockerfile", type=Path, default=None,
+                             help="default: docker/Dockerfile of the source tree")
+    check_image.add_argument("--offline", action="store_true",
+                             help="skip the checks that ask the package index")
+    check_image.set_defaults(handler=_check_image)
 
     predict = commands.add_parser("predict", help="ask a running server; prints JSON")
     predict.add_argument("--url", default=None,

@@ -8,7 +8,10 @@ name may carry the export's name prefix):
     <model>/warmup/                                   the warmup sample's tensors (warmup.py)
     <model>/<version>/manifest.json                   source and artifact sha256, settings,
                                                       validation, versions (every model)
-    ofa_encoder_decoder/<version>/model.onnx          the scorer graph
+    ofa_encoder_decoder/<version>/model.onnx          the scorer graph (--runtime onnxruntime)
+    ofa_encoder_decoder/<version>/model.safetensors   or its weights and architecture
+              .../ofa_architecture.json               (--runtime torch; torch_runtime.py)
+    ofa_encoder_decoder/<version>/ofa_runtime.json    which of the two, in which precision
     ofa_encoder_decoder/<version>/ofa_settings.json   (the pad id, to trim padding per batch)
     ofa_preprocess/<version>/vocab.json, merges.txt   the checkpoint's BPE files
     ofa_preprocess/<version>/ofa_settings.json        image size, mean/std, prompts, token ids
@@ -41,18 +44,23 @@ from .manifest import MANIFEST_FILE, write_manifest
 from .modeling import OfaVisualEntailmentModel
 from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
 from .preprocessing import VisualEntailmentPreprocessor
-from .settings import ServingSettings
+from .runtime import GRAPH_FILE, RUNTIMES, RuntimeRecord
+from .settings import SETTINGS_FILE, ServingSettings
 from .text import OfaTextEncoder
 from .triton_config import (ModelNames, ServedVersions, ServingOptions, check_output_directory,
                             read_served_versions, write_model_files)
 from .warmup import write_warmup_files
 
-# The Triton release this project pins (nvidia-pytriton 0.7.0 ships it; NGC image 24.10).
+# The Triton release the tests serve with (nvidia-pytriton 0.7.0 ships it). The GPU image's
+# base (docker/Dockerfile) is a newer release: README, "The GPU container".
 TRITON_VERSION = "2.51.0"
-TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
-GRAPH_FILE = "model.onnx"
 DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
+# onnxruntime on the CPU (measured: BENCHMARKS.md); on GPUs the PyTorch runtime, the one that
+# runs on the GPU machines this project is measured on (README, "Runtimes").
+DEFAULT_RUNTIME = {"cpu": "onnxruntime", "gpu": "torch"}
+RUNTIME_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16")}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +92,8 @@ def load_checkpoint(source: str | Path, **setting_overrides: Any) -> LoadedCheck
 
 
 def package_versions() -> dict[str, str]:
-    names = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy", "pillow")
+    names = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors", "tokenizers", "numpy",
+             "pillow")
     versions = {"ofa-triton": __version__, "python": platform.python_version(),
                 "triton": TRITON_VERSION}
     for name in names:
@@ -183,21 +192,46 @@ def write_graph(loaded: LoadedCheckpoint, config: OnnxExportConfig, path: Path, 
     return validation
 
 
+def write_torch_artifacts(loaded: LoadedCheckpoint, config: OnnxExportConfig, directory: Path,
+                          precision: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The PyTorch runtime's weights and architecture in ``directory``, validated by loading
+    them as the server will; returns the validation figures."""
+    from .torch_runtime import validate_torch_model, write_torch_model
+
+    progress(f"[2/4] writing the {precision} weights for the PyTorch runtime (safetensors)")
+    write_torch_model(loaded.model, directory, precision)
+    loaded.settings.write(directory)      # the answers' token ids, read by the loader
+    progress("[3/4] validating the saved weights against the fp32 PyTorch module")
+    inputs = [config.random_inputs(batch, seed=100 + index) for index, batch in enumerate((1, 3))]
+    validation = validate_torch_model(loaded.model, directory, precision, inputs)
+    (directory / SETTINGS_FILE).unlink()  # written again with the others below
+    progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
+             f"(tolerance {validation['tolerance']}, on {validation['device']})")
+    return validation
+
+
 def export_repository(source: str | Path, repository: str | Path, *,
                       options: ServingOptions = ServingOptions(), precision: str | None = None,
-                      version: int | None = None, progress: Callable[[str], None] = print,
+                      runtime: str | None = None, version: int | None = None,
+                      progress: Callable[[str], None] = print,
                       limits: InputLimits = InputLimits(), calibration_images: Path | None = None,
                       **setting_overrides: Any) -> dict[str, Any]:
-    """Export ``source`` into ``repository`` (configs, model.py files, graph, tokenizer
-    files, settings, warmup sample) as ``version`` (default: the next free one) and return
-    the export record. ``calibration_images``: a directory of typical request images for
-    ``precision="int8"`` (default: generated ones)."""
+    """Export ``source`` into ``repository`` (configs, model.py files, the encoder-decoder for
+    ``runtime``, tokenizer files, settings, warmup sample) as ``version`` (default: the next
+    free one) and return the export record. ``calibration_images``: a directory of typical
+    request images for ``precision="int8"`` (default: generated ones)."""
     device = options.device
     names = options.names
     precision = precision or DEFAULT_PRECISION[device]
+    runtime = runtime or DEFAULT_RUNTIME[device]
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     if precision == "int8" and device != "cpu":
         raise ValueError("--precision int8 is for --device cpu (onnxruntime's CPU int8 "
                          "kernels); on a GPU export fp16")
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        raise ValueError(f"--runtime {runtime} takes --precision "
+                         f"{', '.join(RUNTIME_PRECISIONS[runtime])}, not {precision}")
     if calibration_images is not None and precision != "int8":
         raise ValueError("--calibration-images applies to --precision int8 only")
     calibration = None
@@ -205,6 +239,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
         from .quantization import calibration_images as read_calibration_images
 
         calibration = read_calibration_images(calibration_images)   # bad paths fail first
+    options = options.for_runtime(runtime)
     repository = Path(repository)
     check_output_directory(repository)
     if version is None:
@@ -230,13 +265,17 @@ def export_repository(source: str | Path, repository: str | Path, *,
     config = export_config_for(loaded)
     graph_dir = repository / names.encoder_decoder / str(version)
     with tempfile.TemporaryDirectory(prefix="ofa-export-") as scratch:
-        scratch_graph = Path(scratch) / GRAPH_FILE
-        validation = write_graph(loaded, config, scratch_graph, precision, calibration,
-                                 progress)
+        if runtime == "torch":
+            validation = write_torch_artifacts(loaded, config, Path(scratch), precision,
+                                               progress)
+        else:
+            validation = write_graph(loaded, config, Path(scratch) / GRAPH_FILE, precision,
+                                     calibration, progress)
         graph_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(scratch_graph), graph_dir / GRAPH_FILE)
-        for extra in Path(scratch).iterdir():  # external-data files of graphs over 2 GB
-            shutil.move(str(extra), graph_dir / extra.name)
+        # The graph or weights, and the external-data files of graphs over 2 GB.
+        for artifact in Path(scratch).iterdir():
+            shutil.move(str(artifact), graph_dir / artifact.name)
+    RuntimeRecord(runtime, precision).write(graph_dir)
 
     progress(f"[4/4] writing version {version} of {names.ensemble}: configs, tokenizer "
              "files, settings, warmup sample")
@@ -255,7 +294,8 @@ def export_repository(source: str | Path, repository: str | Path, *,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"model": checkpoint.source, "directory": str(checkpoint.directory),
                    "layout": checkpoint.layout, "sha256": checkpoint.file_hashes()},
-        "export": {"device": device, "precision": precision, "opset": ONNX_OPSET,
+        "export": {"device": device, "runtime": runtime, "precision": precision,
+                   "opset": ONNX_OPSET if runtime == "onnxruntime" else None,
                    "serving": dataclasses.asdict(options),
                    "version": version, "input_names": list(config.input_names),
                    "output_names": list(config.output_names),
@@ -267,5 +307,6 @@ def export_repository(source: str | Path, repository: str | Path, *,
     }
     for name in names.by_template().values():
         write_manifest(repository / name / str(version), record)
-    progress(f"done: {graph_dir / GRAPH_FILE}")
+    progress(f"done: version {version} of {names.ensemble} in {repository} ({runtime}, "
+             f"{precision})")
     return record

@@ -1,14 +1,16 @@
 """Start a real ``tritonserver``: the one shipped in the nvidia-pytriton wheel (Triton 2.51,
 with the Python backend), or one on PATH (the NGC container's).
 
-The wheel's layout, and what it needs to run outside its container (FINDINGS.md):
+The wheel's layout, and what it needs to run outside its container:
 - ``pytriton/tritonserver/bin/tritonserver``;
 - ``pytriton/tritonserver/backends/python/``, copied to a writable backend directory together
   with the stub for the running Python version (``triton_python_backend_stub``);
 - ``LD_LIBRARY_PATH`` including ``nvidia_pytriton.libs`` (the stub fails to start without it).
 
-The Python models import ``ofa_triton``: the server's environment gets a PYTHONPATH with this
-package's parent directory and the interpreter's site-packages.
+The Python models import ``ofa_triton``, numpy<2, onnxruntime or torch from the environment of
+the stub's interpreter. The stub runs an isolated interpreter (it ignores PYTHONPATH) whose
+packages are those of the first ``python3`` on PATH: this interpreter's directory is put
+first, so its virtual environment (``.venv``, or the device kit's) is what the models see.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import dataclasses
 import os
 import shutil
 import signal
-import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -47,19 +49,41 @@ class TritonInstall:
     library_dir: Path | None
 
 
+# A tritonserver laid out like the wheel's (bin/, backends/python/, python_backend_stubs/)
+# with its shared libraries in lib/: the device kit unpacks one (benchmarks/device/kit.py).
+TRITON_HOME_VARIABLE = "OFA_TRITON_HOME"
+
+
+def _install_from(root: Path, libs: Path) -> TritonInstall | None:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if (root / "bin" / "tritonserver").is_file() and stub.is_file():
+        return TritonInstall(root / "bin" / "tritonserver", root / "backends" / "python",
+                             stub, libs if libs.is_dir() else None)
+    return None
+
+
 def find_triton() -> TritonInstall:
+    """$OFA_TRITON_HOME if set, else the nvidia-pytriton wheel's server, else one on PATH."""
+    home = os.environ.get(TRITON_HOME_VARIABLE)
+    if home:
+        install = _install_from(Path(home), Path(home) / "lib")
+        if install is None:
+            raise TritonNotFoundError(
+                f"${TRITON_HOME_VARIABLE}={home} holds no bin/tritonserver with a Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} backend stub; unpack the "
+                "device kit again, or unset it")
+        return install
     try:
         import pytriton
     except ImportError:
         pytriton = None
     if pytriton is not None:
-        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-        libs = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
-        if (root / "bin" / "tritonserver").is_file() and stub.is_file():
-            return TritonInstall(root / "bin" / "tritonserver", root / "backends" / "python",
-                                 stub, libs if libs.is_dir() else None)
+        package = Path(pytriton.__file__).resolve().parent
+        install = _install_from(package / "tritonserver",
+                                package.parent / "nvidia_pytriton.libs")
+        if install is not None:
+            return install
     on_path = shutil.which("tritonserver")
     if on_path:
         return TritonInstall(Path(on_path), None, None, None)
@@ -80,11 +104,17 @@ def _backend_directory(install: TritonInstall, workdir: Path) -> Path | None:
     return backends
 
 
-def _python_path() -> str:
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    entries = [package_parent, *site.getsitepackages()]
-    existing = os.environ.get("PYTHONPATH")
-    return os.pathsep.join(entries + ([existing] if existing else []))
+def _library_path(install: TritonInstall) -> str:
+    """The server's vendored libraries, and the directory of the running interpreter's
+    libpython (the stub embeds it; outside the system's library directories, e.g. a Python
+    built under /opt, the stub fails to start without it)."""
+    entries = [str(install.library_dir)] if install.library_dir is not None else []
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir).is_dir():
+        entries.append(libdir)
+    if os.environ.get("LD_LIBRARY_PATH"):
+        entries.append(os.environ["LD_LIBRARY_PATH"])
+    return os.pathsep.join(entries)
 
 
 @dataclasses.dataclass
@@ -120,6 +150,26 @@ def admin_headers(protocol: str, key: str) -> dict[str, str]:
     return {name: key}
 
 
+def policy_flags(model_control: str = "none", admin_key: str | None = None) -> list[str]:
+    """The flags that decide how the server behaves, whoever starts it: ``ofa-triton serve``,
+    the tests, and the container (docker-compose.yml and the Dockerfile's CMD list the same
+    flags; tests/test_container.py compares them)."""
+    if model_control not in ("none", "explicit"):
+        raise ValueError(f"model_control must be 'none' or 'explicit', not {model_control!r}")
+    flags = ["--strict-readiness=true", "--exit-on-error=true",
+             # Latency quantiles (p50 ... p99.9) per model, for dashboards and alerts
+             # (docs/observability.md); Triton 2.51 leaves them off by default.
+             "--metrics-config=summary_latencies=true",
+             f"--model-control-mode={model_control}"]
+    if model_control == "explicit":
+        flags.append("--load-model=*")
+    if admin_key:
+        restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={admin_key}"
+        flags += [f"--http-restricted-api={restriction}",
+                  f"--grpc-restricted-protocol={restriction}"]
+    return flags
+
+
 def server_command(options: ServerOptions, workdir: Path,
                    install: TritonInstall | None = None) -> tuple[list[str], dict[str, str]]:
     install = install or find_triton()
@@ -127,29 +177,14 @@ def server_command(options: ServerOptions, workdir: Path,
             f"--http-port={options.http_port}", f"--grpc-port={options.grpc_port}",
             f"--metrics-port={options.metrics_port}", f"--http-address={options.host}",
             f"--grpc-address={options.host}", f"--log-verbose={options.log_verbose}",
-            "--strict-readiness=true", "--exit-on-error=true",
-            # Latency quantiles (p50 ... p99.9) per model, for dashboards and alerts
-            # (docs/observability.md); Triton 2.51 leaves them off by default.
-            "--metrics-config=summary_latencies=true"]
-    if options.model_control not in ("none", "explicit"):
-        raise ValueError(f"model_control must be 'none' or 'explicit', not {options.model_control!r}")
-    argv.append(f"--model-control-mode={options.model_control}")
-    if options.model_control == "explicit":
-        argv.append("--load-model=*")
-    if options.admin_key:
-        restriction = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={options.admin_key}"
-        argv += [f"--http-restricted-api={restriction}",
-                 f"--grpc-restricted-protocol={restriction}"]
+            *policy_flags(options.model_control, options.admin_key)]
     backends = _backend_directory(install, workdir)
     if backends is not None:
         argv.append(f"--backend-directory={backends}")
     env = dict(os.environ)
-    env["PYTHONPATH"] = _python_path()
     # The stubs run this interpreter's packages (numpy<2, onnxruntime, Pillow, tokenizers).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if install.library_dir is not None:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [str(install.library_dir)] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+    env["LD_LIBRARY_PATH"] = _library_path(install)
     return argv + list(options.extra_args), env
 
 

@@ -14,6 +14,7 @@ import shutil
 import string
 from pathlib import Path
 
+from .runtime import TORCH_COMPILE_MODES, parse_batch_sizes
 from .settings import ServingSettings
 
 # The models' names without a prefix; also the template folders under model_repository/.
@@ -87,10 +88,22 @@ class ServingOptions:
     preprocess_instances: int = 2       # CPU instances (per server)
     encoder_decoder_instances: int = 1  # per GPU with device=gpu, per server with device=cpu
     postprocess_instances: int = 1
-    intra_op_threads: int = 0           # onnxruntime threads per encoder-decoder instance; 0: all cores
+    intra_op_threads: int = 0           # CPU threads per encoder-decoder instance; 0: all cores
     max_queue_size: int = 256           # requests waiting per step before new ones are refused
     queue_timeout_us: int = 0           # longest wait in a step's queue; 0: no limit
     name_prefix: str = ""               # prepended to the four model names
+    # The PyTorch runtime on GPUs: batch sizes captured as CUDA graphs ("auto": powers of two
+    # up to max_batch_size; "": none), and the torch.compile mode ("none": eager kernels).
+    cuda_graph_batch_sizes: str = "auto"
+    torch_compile: str = "none"
+
+    def for_runtime(self, runtime: str) -> "ServingOptions":
+        """These options with "auto" resolved for ``runtime`` (what the config will say)."""
+        if self.cuda_graph_batch_sizes != "auto":
+            return self
+        graphs = runtime == "torch" and self.device == "gpu"
+        return dataclasses.replace(self, cuda_graph_batch_sizes=",".join(
+            map(str, power_of_two_buckets(self.max_batch_size))) if graphs else "")
 
     @property
     def names(self) -> ModelNames:
@@ -106,6 +119,19 @@ class ServingOptions:
                                           "queue_timeout_us") else 1
             if isinstance(value, int) and value < minimum:
                 raise ValueError(f"{field.name} must be positive, got {value}")
+        if self.torch_compile not in TORCH_COMPILE_MODES:
+            raise ValueError(f"torch_compile must be one of {TORCH_COMPILE_MODES}, not "
+                             f"{self.torch_compile!r}")
+        if self.cuda_graph_batch_sizes != "auto":
+            parse_batch_sizes(self.cuda_graph_batch_sizes, self.max_batch_size)
+
+
+def power_of_two_buckets(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... up to and including max_batch_size."""
+    buckets = [1]
+    while buckets[-1] < max_batch_size:
+        buckets.append(min(buckets[-1] * 2, max_batch_size))
+    return buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +223,8 @@ def render_configs(settings: ServingSettings, options: ServingOptions,
         "encoder_decoder_kind": "KIND_GPU" if options.device == "gpu" else "KIND_CPU",
         "postprocess_instances": options.postprocess_instances,
         "intra_op_threads": options.intra_op_threads,
+        "cuda_graph_batch_sizes": options.cuda_graph_batch_sizes,
+        "torch_compile": options.torch_compile,
         "max_queue_size": options.max_queue_size,
         "queue_timeout_us": options.queue_timeout_us,
         "step_versions": ", ".join(map(str, served.step_versions)),

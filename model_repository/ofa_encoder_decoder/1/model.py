@@ -1,7 +1,8 @@
-"""Triton adapter: the exported ONNX scorer in onnxruntime (ofa_triton.runtime).
+"""Triton adapter: the encoder-decoder step in the runtime its version was exported for
+(ofa_triton.runtime.open_encoder_decoder: onnxruntime, or the PyTorch runtime).
 
-All requests of a dynamic batch run as one session call; the scores are split back per
-request. KIND_GPU instances use the CUDA provider on the instance's device.
+All requests of a dynamic batch run as one call; the scores are split back per request.
+KIND_GPU instances run on the instance's GPU.
 """
 
 import json
@@ -11,12 +12,11 @@ import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import verify_version_directory
 from ofa_triton.runtime import (
-    EncoderDecoderSession,
+    RuntimeParameters,
     concat_batches,
+    open_encoder_decoder,
     split_rows,
-    trim_padding,
 )
-from ofa_triton.settings import ServingSettings
 from ofa_triton.warmup import warm_up
 
 INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
@@ -26,25 +26,22 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
         verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
-        parameters = json.loads(args["model_config"]).get("parameters", {})
-        threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
-        self.session = EncoderDecoderSession(
-            version_dir / "model.onnx", instance_kind=args["model_instance_kind"],
-            device_id=int(args["model_instance_device_id"]), intra_op_threads=threads)
-        self.pad_token_id = ServingSettings.read(version_dir).pad_token_id
-        seconds = warm_up(args, self._score)
-        pb_utils.Logger.log_info(f"{args['model_name']}: providers {self.session.providers}, "
+        config = json.loads(args["model_config"])
+        self.encoder_decoder = open_encoder_decoder(
+            version_dir, instance_kind=args["model_instance_kind"],
+            device_id=int(args["model_instance_device_id"]),
+            parameters=RuntimeParameters.from_model_config(config),
+            max_batch_size=config["max_batch_size"])
+        seconds = warm_up(args, self.encoder_decoder)
+        pb_utils.Logger.log_info(f"{args['model_name']}: {self.encoder_decoder.description}, "
                                  f"warmed up in {seconds * 1000:.0f} ms")
-
-    def _score(self, batch):
-        return self.session(trim_padding(batch, self.pad_token_id))
 
     def execute(self, requests):
         try:
             batch, sizes = concat_batches([
                 {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS}
                 for r in requests])
-            scores = split_rows(self._score(batch), sizes)
+            scores = split_rows(self.encoder_decoder(batch), sizes)
         except Exception as error:  # one error per request, never an escaped exception
             message = f"encoder-decoder failed: {type(error).__name__}: {error}"
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

@@ -54,9 +54,10 @@ class OfaDecoder(nn.Module):
 
     def _abs_pos_bias(self, q_linear: nn.Linear, k_linear: nn.Linear, query_pos: Tensor,
                       key_pos: Tensor) -> Tensor:
-        batch, tgt_len, src_len = query_pos.shape[0], query_pos.shape[1], key_pos.shape[1]
-        pos_q = q_linear(query_pos).reshape(batch, tgt_len, self.num_heads, -1).transpose(1, 2)
-        pos_k = k_linear(key_pos).reshape(batch, src_len, self.num_heads, -1).transpose(1, 2)
+        """[1, T, D] and [1, S, D] positions -> [1, H, T, S] bias (the same for every row)."""
+        tgt_len, src_len = query_pos.shape[1], key_pos.shape[1]
+        pos_q = q_linear(query_pos).reshape(1, tgt_len, self.num_heads, -1).transpose(1, 2)
+        pos_k = k_linear(key_pos).reshape(1, src_len, self.num_heads, -1).transpose(1, 2)
         return torch.matmul(pos_q * self.pos_scaling, pos_k.transpose(2, 3))
 
     def forward(self, decoder_input_ids: Tensor, encoder_out: Tensor,
@@ -64,9 +65,9 @@ class OfaDecoder(nn.Module):
         """Returns the final hidden states [B, T, D] (after the last layer norm, before the
         output projection)."""
         arch = self.arch
-        batch, tgt_len = decoder_input_ids.shape
+        tgt_len = decoder_input_ids.shape[1]
         positions = torch.arange(tgt_len, device=decoder_input_ids.device)
-        tgt_pos_embed = self.embed_positions(positions)[None].expand(batch, -1, -1)
+        tgt_pos_embed = self.embed_positions(positions)[None]       # [1, T, D]
         tgt_pos_normed = self.pos_ln(tgt_pos_embed)
         self_abs_pos_bias = self._abs_pos_bias(self.self_pos_q_linear, self.self_pos_k_linear,
                                                tgt_pos_normed, tgt_pos_normed)

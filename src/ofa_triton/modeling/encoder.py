@@ -59,7 +59,10 @@ class OfaEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, patch_images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns hidden states [B, N+L, D], padding mask [B, N+L] and the position
-        embedding [B, N+L, D] that the decoder's cross-attention bias needs."""
+        embedding [1, N+L, D] that the decoder's cross-attention bias needs.
+
+        Positions are the same for every row, so the position embedding and the absolute
+        position bias are computed once ([1, ...]) and broadcast over the batch."""
         arch = self.arch
         batch, text_len = input_ids.shape
         image_embed = self.embed_images(patch_images)               # [B, 1024, h, w]
@@ -69,10 +72,10 @@ class OfaEncoder(nn.Module):
         image_position_ids = image_grid_position_ids(height, width, arch.image_bucket_size,
                                                      input_ids.device)
         image_pos_embed = self._image_position_embedding(height, width, image_position_ids)
-        image_pos_embed = image_pos_embed[None].expand(batch, -1, -1)
+        image_pos_embed = image_pos_embed[None]                      # [1, N, D]
 
         token_positions = torch.arange(text_len, device=input_ids.device)
-        pos_embed = self.embed_positions(token_positions)[None].expand(batch, -1, -1)
+        pos_embed = self.embed_positions(token_positions)[None]      # [1, L, D]
 
         # Token embedding (forward_embedding in ModelScope).
         x = arch.embed_scale * self.embed_tokens(input_ids)
@@ -98,10 +101,10 @@ class OfaEncoder(nn.Module):
 
         pos_embed = torch.cat([self.image_pos_ln(image_pos_embed), self.pos_ln(pos_embed)], dim=1)
         seq_len = pos_embed.shape[1]
-        pos_q = self.pos_q_linear(pos_embed).reshape(batch, seq_len, self.num_heads, -1)
-        pos_k = self.pos_k_linear(pos_embed).reshape(batch, seq_len, self.num_heads, -1)
+        pos_q = self.pos_q_linear(pos_embed).reshape(1, seq_len, self.num_heads, -1)
+        pos_k = self.pos_k_linear(pos_embed).reshape(1, seq_len, self.num_heads, -1)
         abs_pos_bias = torch.matmul(pos_q.transpose(1, 2) * self.pos_scaling,
-                                    pos_k.transpose(1, 2).transpose(2, 3))   # [B, H, S, S]
+                                    pos_k.transpose(1, 2).transpose(2, 3))   # [1, H, S, S]
 
         attn_mask = padding_attention_mask(padding_mask, x.dtype)
         text_buckets = token_relative_buckets(text_len, self.token_bucket_by_offset)

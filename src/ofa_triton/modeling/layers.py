@@ -60,9 +60,12 @@ class OfaAttention(nn.Module):
         q = self._heads(self.q_proj(query) * self.scaling)
         k = self._heads(self.k_proj(key_value))
         v = self._heads(self.v_proj(key_value))
-        weights = torch.matmul(q, k.transpose(-1, -2)) + attn_bias
-        weights = F.softmax(weights + attn_mask, dim=-1)
-        out = torch.matmul(weights, v)  # [B, H, T, Dh]
+        # softmax(q k^T + bias + mask) v as one fused kernel where the device has one (the
+        # memory-efficient kernel on CUDA takes an additive bias); ModelScope scales q before
+        # the product, so the kernel's own scale is 1. The ONNX exporter writes the same
+        # MatMul/Add/Softmax/MatMul it would write for the unfused form.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias + attn_mask,
+                                             scale=1.0)   # [B, H, T, Dh]
         out = out * self.c_attn[None, :, None, None]
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.embed_dim)
         return self.out_proj(out)
