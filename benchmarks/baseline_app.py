@@ -17,7 +17,6 @@ import argparse
 import base64
 import io
 import sys
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -47,8 +46,8 @@ def eager_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
     import torch
 
     from ofa_triton.export import load_checkpoint
-    from ofa_triton.labels import scores_to_outputs
-    from ofa_triton.preprocessing import VisualEntailmentPreprocessor
+    from ofa_triton.tasks.visual_entailment.labels import scores_to_outputs
+    from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor
 
     loaded = load_checkpoint(model_dir)
     preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
@@ -57,7 +56,7 @@ def eager_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
     model = loaded.model.to(device)
 
     def predict(image: bytes, hypothesis: str, premise: str | None) -> dict:
-        source = preprocessor.text.source_ids(hypothesis, premise or None)
+        source = preprocessor.source_ids(hypothesis, premise or None)
         decoder = preprocessor.text.decoder_prompt_ids(source)
         pixels = torch.from_numpy(preprocessor.image_inputs(image))[None].to(device)
         with torch.inference_mode():

@@ -49,7 +49,7 @@ class TritonTarget:
         await self._client.close()
 
     async def send(self, request: dict) -> None:
-        from ofa_triton.client import build_inputs
+        from ofa_triton.tasks.visual_entailment.client import build_inputs
 
         inputs = build_inputs(self._module, request["image"], request["hypothesis"],
                               request["premise"])

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> Path:
     from benchmarks.perf import run_perf_analyzer
     from ofa_triton.export import export_repository, load_checkpoint
     from ofa_triton.server import ServerOptions, TritonServer, free_port
+    from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor
     from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
     from ofa_triton.triton_config import ModelNames, ServingOptions
 
@@ -360,7 +361,9 @@ def main(argv: list[str] | None = None) -> Path:
     log("[5/5] efficiency: FLOPs per sample, GEMM rate, achieved fraction")
     loaded = load_checkpoint(checkpoint)
     settings = loaded.settings.task
-    preprocessor_lengths = [len(loaded.text.source_ids(r["hypothesis"], r["premise"]))
+    preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
+                                                loaded.checkpoint.merges_file)
+    preprocessor_lengths = [len(preprocessor.source_ids(r["hypothesis"], r["premise"]))
                             for r in requests]
     flops = count_flops(loaded.model, preprocessor_lengths, settings.max_src_length + 2,
                         settings.patch_image_size)

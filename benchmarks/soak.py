@@ -79,9 +79,9 @@ def is_invalid(index: int, fraction: float) -> bool:
 
 
 def infer_inputs(module, request: dict, invalid: InvalidKind | None = None) -> list:
-    """The request's tensors (ofa_triton.client.build_inputs), one of them broken by
+    """The request's tensors (the visual-entailment client's build_inputs), one of them broken by
     ``invalid``."""
-    from ofa_triton.client import build_inputs
+    from ofa_triton.tasks.visual_entailment.client import build_inputs
 
     inputs = build_inputs(module, request["image"], request["hypothesis"], request["premise"])
     if invalid is not None:

@@ -115,7 +115,7 @@ def assert_answers_match_goldens(client, goldens: Goldens, golden_images: dict[s
     default no case is that close). ModelScope answers a blank hypothesis; the service
     refuses it with INVALID_ARG, which is checked instead."""
     from ofa_triton.client import PredictionError
-    from ofa_triton.labels import ANSWER_TO_LABEL
+    from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL
 
     requests = [{"image": golden_images[c["image"]].read_bytes(), "hypothesis": c["hypothesis"],
                  "premise": c["premise"]} for c in goldens.cases]

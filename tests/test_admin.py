@@ -7,7 +7,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.server import ServerOptions, TritonServer, admin_headers
 
 KEY = "s3cret-admin-key"

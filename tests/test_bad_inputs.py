@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofa_triton.client import VisualEntailmentClient
-from ofa_triton.labels import LABELS
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.labels import LABELS
 from tests.bad_inputs import (INVALID_IMAGES, INVALID_TEXTS, PROTOCOLS, VALID_EDGE_IMAGES,
                               bytes_tensor, first_frame_gif, infer, photo, refusal,
                               stub_trouble)
@@ -97,7 +97,7 @@ def in_process(exported_repositories):
     """The exported tiny model run here: its preprocessor and its graph in onnxruntime."""
     import onnxruntime as ort
 
-    from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+    from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 
     repository = exported_repositories["tiny"]
     preprocessor = VisualEntailmentPreprocessor.from_directory(
@@ -116,7 +116,7 @@ def in_process(exported_repositories):
 def test_valid_edge_cases_get_the_in_process_answer(triton_server, log_mark, in_process,
                                                    protocol, exported_repositories):
     """16-bit PNG, 1x1, 1000:1 and 1:1000 aspect ratios, an animated GIF."""
-    from ofa_triton.labels import ANSWER_TO_LABEL
+    from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL
     from ofa_triton.settings import ServingSettings
 
     answers = ServingSettings.read(

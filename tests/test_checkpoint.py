@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ofa_triton import checkpoint as checkpoint_module
+from ofa_triton.tasks.visual_entailment import RELEASED_SETTINGS
 from ofa_triton.checkpoint import CheckpointError, open_checkpoint
 from ofa_triton.export import load_checkpoint
 from ofa_triton.modeling import CheckpointMismatchError
@@ -90,12 +90,17 @@ def test_missing_answer_map_is_named(tiny_copy):
         open_checkpoint(tiny_copy)
 
 
-def test_wrong_task_is_refused(tiny_copy):
+def test_a_task_this_exporter_does_not_serve_is_refused(tiny_copy):
     configuration = json.loads((tiny_copy / "configuration.json").read_text())
-    configuration["task"] = "image-captioning"
+    configuration["task"] = "video-captioning"
     (tiny_copy / "configuration.json").write_text(json.dumps(configuration))
-    with pytest.raises(CheckpointError, match="image-captioning"):
+    with pytest.raises(CheckpointError, match=r"configuration.json \(task\): task "
+                       "'video-captioning' is not one this exporter serves.*--task"):
         open_checkpoint(tiny_copy)
+    # --task overrides configuration.json's (here back to what the files are).
+    assert open_checkpoint(tiny_copy, task="visual_entailment").task.name == "visual-entailment"
+    with pytest.raises(CheckpointError, match="--task: task 'ocr'"):
+        open_checkpoint(tiny_copy, task="ocr")
 
 
 def test_missing_unexpected_and_mismatched_tensors_are_all_listed(tiny_copy):
@@ -165,4 +170,4 @@ def test_unreachable_hub_says_what_to_do(monkeypatch):
 def test_nonexistent_path_is_not_mistaken_for_a_model_id(tmp_path):
     with pytest.raises(CheckpointError, match="neither a directory nor a ModelScope model id"):
         open_checkpoint(tmp_path / "nowhere")
-    assert checkpoint_module.RELEASED_VE_SETTINGS["max_src_length"] == 80
+    assert RELEASED_SETTINGS["max_src_length"] == 80

@@ -124,3 +124,14 @@ def test_compose_and_image_start_the_server_with_the_flags_serve_uses():
                     if line.startswith("CMD "))
     assert yaml.safe_load(cmd_line.removeprefix("CMD ")) == ["--model-repository=/models",
                                                             *policy_flags("none")]
+
+
+def test_the_images_import_check_names_modules_that_exist():
+    """The Dockerfile's build ends by importing what the Python models import; a module that
+    moved would fail the build only where Docker runs."""
+    import importlib
+    import re
+
+    [line] = re.findall(r'python3 -c "import ([^"]+)"', container.DOCKERFILE.read_text())
+    for module in line.split(","):
+        importlib.import_module(module.strip())

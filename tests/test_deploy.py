@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.deploy import DeployError, deploy, rollback
 from ofa_triton.export import export_repository
-from ofa_triton.labels import LABELS, scores_to_outputs
+from ofa_triton.tasks.visual_entailment.labels import LABELS, scores_to_outputs
 from ofa_triton.manifest import read_manifest, write_manifest
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.runtime import RuntimeRecord, open_encoder_decoder
 from ofa_triton.server import ServerOptions, TritonServer, admin_headers
 from ofa_triton.settings import ServingSettings

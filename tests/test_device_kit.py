@@ -21,7 +21,7 @@ import pytest
 from benchmarks.device.kit import (KIT_FILE, KIT_LIMIT_BYTES, PERF_ANALYZER_ARCHIVE, ROOT,
                                    KitError, unpack_kit)
 from benchmarks.run import commit
-from ofa_triton.labels import ANSWER_TO_LABEL
+from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL
 from ofa_triton.manifest import sha256_file
 from tests.conftest import DEVICE_KIT_BUILT_BY, PROBABILITY_TOLERANCE
 

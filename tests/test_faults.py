@@ -27,7 +27,8 @@ import urllib.request
 import pytest
 import tritonclient.http as httpclient
 
-from ofa_triton.client import PredictionError, VisualEntailmentClient
+from ofa_triton.client import PredictionError
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.server import ServerOptions, TritonServer, stub_processes
 
 ENSEMBLE = "ofa_visual_entailment"

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from ofa_triton.export import load_checkpoint
-from ofa_triton.labels import ANSWER_TO_LABEL, scores_to_outputs
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL, scores_to_outputs
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 
 PIXEL_TOLERANCE = 1e-6
 PROBABILITY_TOLERANCE = 1e-4
@@ -61,7 +61,7 @@ def test_images_are_the_golden_images(goldens, image_bytes):
 def test_token_ids_identical_to_modelscope(goldens, preprocessor):
     assert len(goldens.cases) >= (50 if goldens.name == "tiny" else 16)
     for case in goldens.cases:
-        source = preprocessor.text.source_ids(case["hypothesis"], case["premise"] or None)
+        source = preprocessor.source_ids(case["hypothesis"], case["premise"] or None)
         assert source == case["source_ids"], case["name"]
         assert preprocessor.text.decoder_prompt_ids(source) == case["decoder_prompt_ids"], \
             case["name"]

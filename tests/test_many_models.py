@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import tritonclient.http as httpclient
 
-from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.export import export_repository
 from ofa_triton.triton_config import ServingOptions
 from tests.conftest import assert_answers_match_goldens, start_triton

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ofa_triton.client import PredictionError, VisualEntailmentClient
+from ofa_triton.client import PredictionError
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.export import export_repository
 from ofa_triton.server import ServerOptions, TritonServer
 from tests.test_deployment import with_defaults

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ofa_triton.client import PredictionError, VisualEntailmentClient
+from ofa_triton.client import PredictionError
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.export import export_repository
 from ofa_triton.triton_config import ServingOptions
 from tests.conftest import start_triton

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import pytest
 
-from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.export import export_repository
-from ofa_triton.labels import ANSWER_TO_LABEL
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.triton_config import ServingOptions
 from tests.conftest import assert_answers_match_goldens, start_triton
 

@@ -8,7 +8,7 @@ import pytest
 from ofa_triton.runtime import (RequestError, concat_batches, require_cuda, rows, split_rows,
                                 text_from_bytes, trim_padding)
 from ofa_triton.settings import ServingSettings
-from ofa_triton.triton_config import ServedVersions, ServingOptions, render_configs
+from ofa_triton.triton_config import ModelNames, ServedVersions, ServingOptions, render_configs
 
 
 def test_text_from_bytes():
@@ -43,11 +43,12 @@ def settings(exported_repositories):
 
 def test_gpu_and_cpu_configurations(settings):
     gpu = render_configs(settings, ServingOptions(device="gpu", encoder_decoder_instances=2,
-                                                  preprocess_instances=4), ServedVersions(1))
+                                                  preprocess_instances=4), ServedVersions(1),
+                         ModelNames())
     assert "count: 2, kind: KIND_GPU" in gpu["ofa_encoder_decoder"]
     assert "count: 4, kind: KIND_CPU" in gpu["ofa_preprocess"]
     assert "KIND_CPU" in gpu["ofa_postprocess"]
-    cpu = render_configs(settings, ServingOptions(device="cpu"), ServedVersions(1))
+    cpu = render_configs(settings, ServingOptions(device="cpu"), ServedVersions(1), ModelNames())
     assert "kind: KIND_CPU" in cpu["ofa_encoder_decoder"]
     for name, text in cpu.items():
         assert "$" not in text

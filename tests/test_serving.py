@@ -14,8 +14,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from ofa_triton.client import PredictionError, VisualEntailmentClient
-from ofa_triton.labels import ANSWER_TO_LABEL, LABELS
+from ofa_triton.client import PredictionError
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL, LABELS
 from ofa_triton.server import free_port
 from tests.conftest import PROBABILITY_TOLERANCE, assert_answers_match_goldens
 

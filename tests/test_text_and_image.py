@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ofa_triton import preprocessing, text
+from ofa_triton import text
+from ofa_triton.tasks.visual_entailment import preprocessing
 from ofa_triton.image import ImageDecodeError, ImageTransform, decode_image
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor
-from ofa_triton.text import OfaTextEncoder, build_prompt, pre_caption
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor
+from ofa_triton.tasks.visual_entailment.prompts import build_prompt
+from ofa_triton.text import OfaTextEncoder, pre_caption
 
 
 @pytest.mark.parametrize("raw, cleaned", [
@@ -49,12 +51,12 @@ def encoder(tiny_checkpoint):
 def test_source_has_bos_and_eos_and_is_truncated_by_tokens(tiny_checkpoint):
     short = OfaTextEncoder(tiny_checkpoint / "vocab.json", tiny_checkpoint / "merges.txt",
                            max_src_length=5, prompt_type="prev_output")
-    ids = short.source_ids("a b c d e f g h", None)
+    ids = short.source_ids(build_prompt("a b c d e f g h", None, 5))
     assert len(ids) == 5 + 2 and ids[0] == short.bos_id and ids[-1] == short.eos_id
 
 
 def test_decoder_prompts(tiny_checkpoint, encoder):
-    source = encoder.source_ids("a dog", None)
+    source = encoder.source_ids(build_prompt("a dog", None, 80))
     assert encoder.decoder_prompt_ids(source) == source[:-1]
     none = OfaTextEncoder(tiny_checkpoint / "vocab.json", tiny_checkpoint / "merges.txt",
                           max_src_length=80, prompt_type="none")

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from ofa_triton.client import VisualEntailmentClient
+from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.export import export_repository
 from ofa_triton.manifest import read_manifest, verify_repository
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.runtime import (RuntimeParameters, RuntimeRecord, open_encoder_decoder,
                                 parse_batch_sizes)
 from ofa_triton.torch_runtime import WEIGHTS_FILE, TorchEncoderDecoder

@@ -16,10 +16,11 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
 from ofa_triton.limits import InputLimits
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.settings import ServingSettings
-from ofa_triton.warmup import (SAMPLE_HYPOTHESIS, SAMPLE_SIZE, WarmupError, read_warmup_sample,
-                               sample_request, serialize_strings, warm_up)
+from ofa_triton.tasks.visual_entailment.export import SAMPLE_HYPOTHESIS, sample_request
+from ofa_triton.warmup import (SAMPLE_SIZE, WarmupError, read_warmup_sample, serialize_strings,
+                               warm_up)
 from tests.conftest import start_triton
 
 STEPS = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess")

@@ -712,7 +712,7 @@ def smoke_check(repository: Path, workdir: Path, image: Path | None = None,
 
     from benchmarks.inputs import build_requests, write_perf_analyzer_inputs
     from benchmarks.perf import perf_analyzer_binary, run_perf_analyzer
-    from ofa_triton.client import VisualEntailmentClient
+    from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
     from ofa_triton.server import ServerOptions, TritonServer, find_triton
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,7 @@ def sample_batch(repository: Path, rows: int) -> dict:
     """``rows`` preprocessed benchmark requests (photo-like JPEGs of the usual sizes), padded
     to the configs' fixed lengths as Triton delivers them."""
     from benchmarks.inputs import build_requests
-    from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+    from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 
     preprocessor = VisualEntailmentPreprocessor.from_directory(repository / "ofa_preprocess" / "1")
     requests = build_requests(min(rows, 16))
@@ -256,8 +256,8 @@ def compare_goldens(run: DeviceRun, record: dict) -> None:
     import torch
 
     from ofa_triton.export import export_repository
-    from ofa_triton.labels import ANSWER_TO_LABEL, scores_to_outputs
-    from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+    from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL, scores_to_outputs
+    from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
     from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
     from ofa_triton.torch_runtime import TorchEncoderDecoder
     from tests.golden.cases import CHECKPOINTS, write_images

@@ -1,14 +1,14 @@
-"""Find, check and load an OFA visual-entailment checkpoint.
+"""Find, check and load an OFA checkpoint of one of the tasks in ``tasks.TASKS``.
 
 Accepted sources:
 - a ModelScope model id (``damo/ofa_visual-entailment_snli-ve_large_en``), downloaded with
   ModelScope's hub client (it shows a progress bar) when there is a network;
-- a local directory in ModelScope layout: ``configuration.json`` (task settings),
+- a local directory in ModelScope layout: ``configuration.json`` (the task and its settings),
   ``config.json`` (architecture), ``pytorch_model.bin`` or ``*.safetensors``, ``vocab.json``,
-  ``merges.txt`` and the answer map that configuration.json names;
+  ``merges.txt`` and the files configuration.json names (visual entailment's answer map);
 - a local directory in the OFA-Sys Hugging Face layout: the same without
-  ``configuration.json``; the task settings then take the released SNLI-VE values unless
-  overridden.
+  ``configuration.json``; the task is then ``--task`` (default visual entailment) and its
+  settings take the task's released values unless overridden.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .image import IMAGENET_MEAN_STD, OFA_MEAN_STD
-from .labels import DEFAULT_ANSWER_MAP
 from .manifest import sha256_file
 from .modeling.config import OfaArchitecture
-from .settings import TaskSettings
-from .text import HYPOTHESIS_ONLY_PROMPT, PREMISE_HYPOTHESIS_PROMPT
+from .tasks import OfaTask, TaskSettings, UnknownTaskError, task_named
 
 WEIGHT_FILE_NAMES = ("pytorch_model.bin", "model.safetensors")
-
-# Released SNLI-VE fine-tunes: 480 px, prev_output, 80 source tokens.
-RELEASED_VE_SETTINGS = {"patch_image_size": 480, "max_src_length": 80,
-                        "prompt_type": "prev_output"}
 
 
 class CheckpointError(ValueError):
@@ -42,6 +35,7 @@ class OfaCheckpoint:
     directory: Path
     source: str                 # what the user passed: a model id or a path
     layout: str                 # "modelscope" or "huggingface"
+    task: OfaTask
     architecture: OfaArchitecture
     settings: TaskSettings
     weights_file: Path
@@ -52,7 +46,7 @@ class OfaCheckpoint:
         """The files the export reads, for hashing."""
         names = [self.weights_file, self.vocab_file, self.merges_file,
                  self.directory / "config.json"]
-        for extra in ("configuration.json", self._answer_map_name()):
+        for extra in ("configuration.json", self._answer_map_name()):   # (visual entailment)
             if extra and (self.directory / extra).is_file():
                 names.append(self.directory / extra)
         return sorted(set(names))
@@ -61,7 +55,7 @@ class OfaCheckpoint:
         path = self.directory / "configuration.json"
         if not path.is_file():
             return None
-        return _read_json(path).get("model", {}).get("answer2label")
+        return read_json(path).get("model", {}).get("answer2label")
 
     def file_hashes(self) -> dict[str, str]:
         return {p.name: sha256_file(p) for p in self.files()}
@@ -70,7 +64,7 @@ class OfaCheckpoint:
         return load_weights(self.weights_file)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -115,39 +109,12 @@ def _find_weights(directory: Path) -> Path:
                           "*.safetensors")
 
 
-def _settings_from_configuration(model_cfg: Mapping[str, Any], directory: Path,
-                                 overrides: Mapping[str, Any]) -> TaskSettings:
-    cfg = {**RELEASED_VE_SETTINGS, **model_cfg, **{k: v for k, v in overrides.items()
-                                                    if v is not None}}
-    answer_map_name = cfg.get("answer2label")
-    if answer_map_name:
-        answer_map_path = directory / answer_map_name
-        if not answer_map_path.is_file():
-            raise CheckpointError(f"configuration.json names the answer map {answer_map_name!r}, "
-                                  f"but {answer_map_path} does not exist")
-        answer_map = _read_json(answer_map_path)
-    else:
-        answer_map = DEFAULT_ANSWER_MAP
-    if not answer_map:
-        raise CheckpointError("the answer map is empty")
-    mean, std = IMAGENET_MEAN_STD if cfg.get("imagenet_default_mean_and_std") else OFA_MEAN_STD
-    # ModelScope: cfg.model.prompt overrides the prompt of whichever form is used.
-    prompt = cfg.get("prompt")
-    return TaskSettings(
-        patch_image_size=int(cfg["patch_image_size"]),
-        mean=tuple(mean), std=tuple(std),
-        max_src_length=int(cfg["max_src_length"]),
-        prompt_type=str(cfg["prompt_type"]),
-        hypothesis_prompt=prompt or HYPOTHESIS_ONLY_PROMPT,
-        premise_prompt=prompt or PREMISE_HYPOTHESIS_PROMPT,
-        answers=tuple(answer_map.keys()),
-    )
-
-
-def open_checkpoint(source: str | Path, **setting_overrides: Any) -> OfaCheckpoint:
+def open_checkpoint(source: str | Path, task: str | None = None,
+                    **setting_overrides: Any) -> OfaCheckpoint:
     """Resolve ``source`` (directory or ModelScope id) and check its files, without loading
-    the weights. ``setting_overrides`` (patch_image_size, max_src_length, prompt_type) replace
-    values from configuration.json; use them for the Hugging Face layout."""
+    the weights. ``task`` overrides configuration.json's; ``setting_overrides``
+    (patch_image_size, max_src_length, prompt_type) replace values from it; use them for the
+    Hugging Face layout."""
     source_text = str(source)
     directory = Path(source).expanduser()
     if not directory.exists():
@@ -164,7 +131,7 @@ def open_checkpoint(source: str | Path, **setting_overrides: Any) -> OfaCheckpoi
         raise CheckpointError(f"{directory} is missing {', '.join(missing)}: an OFA checkpoint "
                               "needs config.json, weights, vocab.json and merges.txt")
     weights = _find_weights(directory)
-    config = _read_json(directory / "config.json")
+    config = read_json(directory / "config.json")
     try:
         architecture = OfaArchitecture.from_config_dict(config)
     except (TypeError, ValueError) as error:
@@ -173,11 +140,7 @@ def open_checkpoint(source: str | Path, **setting_overrides: Any) -> OfaCheckpoi
     configuration_path = directory / "configuration.json"
     if configuration_path.is_file():
         layout = "modelscope"
-        configuration = _read_json(configuration_path)
-        task = configuration.get("task")
-        if task not in (None, "visual-entailment", "visual_entailment"):
-            raise CheckpointError(f"{configuration_path} is for task {task!r}, not "
-                                  "visual-entailment")
+        configuration = read_json(configuration_path)
         model_cfg = configuration.get("model", {})
         if model_cfg.get("type", "ofa") != "ofa":
             raise CheckpointError(f"{configuration_path}: model.type is "
@@ -186,13 +149,22 @@ def open_checkpoint(source: str | Path, **setting_overrides: Any) -> OfaCheckpoi
             raise CheckpointError(f"{configuration_path}: language "
                                   f"{model_cfg.get('language')!r} is not supported (English "
                                   "BPE checkpoints only)")
+        named = configuration.get("task")
     else:
         layout = "huggingface"
-        model_cfg = {}
-    settings = _settings_from_configuration(model_cfg, directory, setting_overrides)
+        model_cfg, named = {}, None
+    try:
+        chosen = task_named(task or named)
+    except UnknownTaskError as error:
+        where = "--task" if task else f"{configuration_path} (task)"
+        raise CheckpointError(f"{where}: {error}") from None
+    cfg = {**chosen.defaults(), **model_cfg,
+           **{key: value for key, value in setting_overrides.items() if value is not None}}
+    settings = chosen.read_settings(cfg, directory)
     return OfaCheckpoint(directory=directory.resolve(), source=source_text, layout=layout,
-                         architecture=architecture, settings=settings, weights_file=weights,
-                         vocab_file=directory / "vocab.json", merges_file=directory / "merges.txt")
+                         task=chosen, architecture=architecture, settings=settings,
+                         weights_file=weights, vocab_file=directory / "vocab.json",
+                         merges_file=directory / "merges.txt")
 
 
 def download_from_modelscope(model_id: str) -> Path:

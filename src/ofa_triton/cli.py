@@ -14,12 +14,13 @@ from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
 from .export import PRECISIONS
 from .onnx_export import ExportValidationError
 from .runtime import RUNTIMES, TORCH_COMPILE_MODES
+from .tasks import TASKS, UnknownTaskError
 from .triton_config import ENSEMBLE_MODEL
 
 # Errors that mean "this input cannot be exported": shown as one line, exit code 2.
 USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError,
-               ExportValidationError, DeployError, ImageCheckError, FileNotFoundError,
-               ValueError)
+               ExportValidationError, DeployError, ImageCheckError, UnknownTaskError,
+               FileNotFoundError, ValueError)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def _export(args: argparse.Namespace) -> int:
                              cuda_graph_batch_sizes=args.cuda_graph_batch_sizes,
                              torch_compile=args.torch_compile)
     export_repository(args.model, args.repository, options=options, precision=args.precision,
-                      runtime=args.runtime, version=args.version, calibration_images=args.calibration_images,
+                      runtime=args.runtime, version=args.version, task=args.task, calibration_images=args.calibration_images,
                       patch_image_size=args.patch_image_size,
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type,
                       limits=limits.from_export_arguments(args))
@@ -58,9 +59,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, run_foreground
 
-    if not any(args.repository.glob(f"*{ENSEMBLE_MODEL}/config.pbtxt")):
+    public = [task.public_model for task in TASKS.values()]
+    if not any(any(args.repository.glob(f"*{name}/config.pbtxt")) for name in public):
         raise FileNotFoundError(f"{args.repository} is not an exported model repository (no "
-                                f"{ENSEMBLE_MODEL}/config.pbtxt); run ofa-triton export first")
+                                f"{' or '.join(public)} in it); run ofa-triton export first")
     return run_foreground(ServerOptions(
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
@@ -96,7 +98,8 @@ def _rollback(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from .client import PredictionError, VisualEntailmentClient
+    from .client import PredictionError
+    from .tasks.visual_entailment.client import VisualEntailmentClient
 
     client = VisualEntailmentClient(args.url, args.protocol, model_name=args.model,
                                     timeout=args.timeout)
@@ -171,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the model repository directory to write into")
     export.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="where the encoder-decoder will run (default: cpu)")
+    export.add_argument("--task", default=None, metavar="TASK",
+                        help="the task to export the checkpoint for (default: configuration.json's "
+                        "task; visual-entailment for checkpoints without one); one of: "
+                        + ", ".join(TASKS))
     export.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="what runs the encoder-decoder: onnxruntime (an ONNX graph) or "
                         "torch (this project's PyTorch module, with CUDA graphs on GPUs); "

@@ -1,9 +1,6 @@
-"""Python client of ``ofa_visual_entailment`` over HTTP or gRPC (tritonclient).
-
-    client = VisualEntailmentClient("localhost:8000")              # or protocol="grpc", :8001
-    client.predict("photo.jpg", "a dog runs", premise="an animal")  # -> Prediction
-    client.predict_many([{"image": ..., "hypothesis": ...}, ...])  # many requests in flight
-    await client.apredict(...)                                     # asyncio
+"""What every task's client shares: reading images, tritonclient over HTTP or gRPC, errors,
+and many requests in flight. Each task's client call is in its folder
+(``tasks/visual_entailment/client.py``: ``VisualEntailmentClient``).
 
 The image may be a path, an http(s) URL, a ``data:`` URL, base64 text or bytes. The client
 reads it and sends the encoded bytes: the server never fetches anything.
@@ -14,18 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
+import importlib
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .labels import LABELS
-from .triton_config import ENSEMBLE_MODEL
-
-MODEL_NAME = ENSEMBLE_MODEL
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 MAX_IMAGE_DOWNLOAD_BYTES = 64 * 1024 * 1024
@@ -37,16 +30,6 @@ class PredictionError(RuntimeError):
     def __init__(self, message: str, status: str | None = None):
         super().__init__(message)
         self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def read_image(image: str | bytes | Path) -> bytes:
@@ -78,25 +61,20 @@ def read_image(image: str | bytes | Path) -> bytes:
     raise FileNotFoundError(f"image {text[:80]!r} is not a file, a URL, or base64 data")
 
 
-def _module(protocol: str, asynchronous: bool = False):
-    if protocol == "http":
-        import tritonclient.http as module
-        if asynchronous:
-            import tritonclient.http.aio as module
-    elif protocol == "grpc":
-        import tritonclient.grpc as module
-        if asynchronous:
-            import tritonclient.grpc.aio as module
-    else:
+def client_module(protocol: str, asynchronous: bool = False):
+    """tritonclient's module for ``protocol`` (its asyncio flavour with ``asynchronous``)."""
+    if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-    return module
+    return importlib.import_module(f"tritonclient.{protocol}" + (".aio" if asynchronous else ""))
 
 
-def build_inputs(module, image: bytes, hypothesis: str, premise: str | None) -> list:
-    """The request tensors; the premise is left out when absent (an optional input)."""
-    tensors = {"image": image, "hypothesis": hypothesis.encode("utf-8")}
-    if premise:
-        tensors["premise"] = premise.encode("utf-8")
+def _status(error: Exception) -> str | None:
+    status = getattr(error, "status", None)
+    return str(status() if callable(status) else status) if status is not None else None
+
+
+def string_inputs(module, tensors: dict[str, bytes]) -> list:
+    """One request's BYTES inputs, each of shape [1, 1]."""
     inputs = []
     for name, value in tensors.items():
         tensor = module.InferInput(name, [1, 1], "BYTES")
@@ -105,33 +83,21 @@ def build_inputs(module, image: bytes, hypothesis: str, premise: str | None) -> 
     return inputs
 
 
-def parse_result(result) -> Prediction:
-    label = result.as_numpy("label")[0, 0]
-    probabilities = result.as_numpy("probabilities")[0]
-    return Prediction(label=label.decode() if isinstance(label, bytes) else str(label),
-                      confidence=float(result.as_numpy("confidence")[0, 0]),
-                      probabilities={name: float(p) for name, p in zip(LABELS, probabilities)})
+class TritonClient:
+    """A connection to one public model over HTTP or gRPC; a task's client adds its call."""
 
-
-def _status(error: Exception) -> str | None:
-    status = getattr(error, "status", None)
-    return str(status() if callable(status) else status) if status is not None else None
-
-
-class VisualEntailmentClient:
-    def __init__(self, url: str | None = None, protocol: str = "http",
-                 model_name: str = MODEL_NAME, timeout: float = 60.0):
+    def __init__(self, url: str | None, protocol: str, model_name: str, timeout: float = 60.0):
         self.protocol = protocol
         self.url = url or DEFAULT_URLS[protocol]
         self.model_name = model_name
         self.timeout = timeout
-        self._module = _module(protocol)
+        self._module = client_module(protocol)
         self._client = self._module.InferenceServerClient(self.url)
 
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "VisualEntailmentClient":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,48 +109,43 @@ class VisualEntailmentClient:
         except Exception:
             return False
 
-    def predict(self, image: str | bytes | Path, hypothesis: str,
-                premise: str | None = None) -> Prediction:
-        inputs = build_inputs(self._module, read_image(image), hypothesis, premise)
+    def infer(self, build: Callable[[Any], list]):
+        """One request: ``build(module)`` makes its inputs; errors become PredictionError."""
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
-            result = self._client.infer(self.model_name, inputs, **kwargs)
+            return self._client.infer(self.model_name, build(self._module), **kwargs)
         except Exception as error:
             raise PredictionError(str(error), _status(error)) from error
-        return parse_result(result)
 
-    async def apredict(self, image: str | bytes | Path, hypothesis: str,
-                       premise: str | None = None, *, _client=None) -> Prediction:
-        module = _module(self.protocol, asynchronous=True)
-        client = _client or module.InferenceServerClient(self.url)
+    async def ainfer(self, build: Callable[[Any], list], client=None):
+        """The same with tritonclient's asyncio client (``client``: a shared one)."""
+        module = client_module(self.protocol, asynchronous=True)
+        own = client is None
+        client = client or module.InferenceServerClient(self.url)
         try:
-            inputs = build_inputs(module, read_image(image), hypothesis, premise)
+            inputs = build(module)
             try:
-                result = await client.infer(self.model_name, inputs)
+                return await client.infer(self.model_name, inputs)
             except Exception as error:
                 raise PredictionError(str(error), _status(error)) from error
-            return parse_result(result)
         finally:
-            if _client is None:
+            if own:
                 await client.close()
 
-    async def apredict_many(self, requests: Iterable[dict[str, Any]], concurrency: int = 16,
-                            return_exceptions: bool = False) -> list[Prediction | Exception]:
-        """Up to ``concurrency`` requests in flight on one connection pool; results in order."""
-        module = _module(self.protocol, asynchronous=True)
+    async def in_flight(self, requests: Iterable[Any],
+                        call: Callable[[Any, Any], Awaitable[Any]], concurrency: int,
+                        return_exceptions: bool) -> list[Any]:
+        """``call(request, client)`` for every request, at most ``concurrency`` in flight on
+        one asyncio client; results in order."""
+        module = client_module(self.protocol, asynchronous=True)
         client = module.InferenceServerClient(self.url)
         limit = asyncio.Semaphore(concurrency)
 
-        async def one(request: dict[str, Any]):
+        async def one(request):
             async with limit:
-                return await self.apredict(request["image"], request["hypothesis"],
-                                           request.get("premise"), _client=client)
+                return await call(request, client)
         try:
             return await asyncio.gather(*(one(r) for r in requests),
                                         return_exceptions=return_exceptions)
         finally:
             await client.close()
-
-    def predict_many(self, requests: Sequence[dict[str, Any]], concurrency: int = 16,
-                     return_exceptions: bool = False) -> list[Prediction | Exception]:
-        return asyncio.run(self.apredict_many(requests, concurrency, return_exceptions))

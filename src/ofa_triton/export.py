@@ -41,15 +41,12 @@ from . import __version__
 from .checkpoint import OfaCheckpoint, open_checkpoint
 from .limits import InputLimits
 from .manifest import MANIFEST_FILE, write_manifest
-from .modeling import OfaVisualEntailmentModel
-from .onnx_export import ONNX_OPSET, OnnxExportConfig, export_onnx, validate_onnx
-from .preprocessing import VisualEntailmentPreprocessor
-from .runtime import GRAPH_FILE, RUNTIMES, RuntimeRecord
-from .settings import SETTINGS_FILE, ServingSettings
+from .onnx_export import ONNX_OPSET
+from .runtime import RUNTIMES, RuntimeRecord
+from .settings import ServingSettings
 from .text import OfaTextEncoder
 from .triton_config import (ModelNames, ServedVersions, ServingOptions, check_output_directory,
                             read_served_versions, write_model_files)
-from .warmup import write_warmup_files
 
 # The Triton release the tests serve with (nvidia-pytriton 0.7.0 ships it). The GPU image's
 # base (docker/Dockerfile) is a newer release: README, "The GPU container".
@@ -67,27 +64,30 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 class LoadedCheckpoint:
     checkpoint: OfaCheckpoint
     text: OfaTextEncoder
-    model: OfaVisualEntailmentModel
+    model: Any                  # the task's PyTorch module(s)
     settings: ServingSettings
 
 
-def load_checkpoint(source: str | Path, **setting_overrides: Any) -> LoadedCheckpoint:
-    """Open, check and load a checkpoint into the PyTorch scorer (the one way every caller
-    does it: exporter, tests, baselines)."""
-    checkpoint = open_checkpoint(source, **setting_overrides)
-    task = checkpoint.settings
+def text_encoder(checkpoint: OfaCheckpoint) -> OfaTextEncoder:
+    """The checkpoint's tokenizer, checked against its architecture."""
+    settings = checkpoint.settings
     text = OfaTextEncoder(checkpoint.vocab_file, checkpoint.merges_file,
-                          max_src_length=task.max_src_length, prompt_type=task.prompt_type)
-    arch = checkpoint.architecture
-    if text.vocab_size != arch.vocab_size:
+                          max_src_length=settings.max_src_length, prompt_type=settings.prompt_type)
+    if text.vocab_size != checkpoint.architecture.vocab_size:
         raise ValueError(f"the tokenizer has {text.vocab_size} tokens (vocab.json plus 9192 "
-                         f"<code_*>/<bin_*>) but config.json says vocab_size={arch.vocab_size}; "
-                         "vocab.json and the weights do not belong together")
-    answer_ids = text.answer_token_ids(list(task.answers))
-    model = OfaVisualEntailmentModel(arch, answer_ids)
-    model.load_checkpoint(checkpoint.load_state_dict())
-    settings = ServingSettings(task=task, bos_token_id=text.bos_id, pad_token_id=text.pad_id,
-                               eos_token_id=text.eos_id, answer_token_ids=tuple(answer_ids))
+                         "<code_*>/<bin_*>) but config.json says vocab_size="
+                         f"{checkpoint.architecture.vocab_size}; vocab.json and the weights do "
+                         "not belong together")
+    return text
+
+
+def load_checkpoint(source: str | Path, task: str | None = None,
+                    **setting_overrides: Any) -> LoadedCheckpoint:
+    """Open, check and load a checkpoint into its task's PyTorch modules (the one way every
+    caller does it: exporter, tests, baselines)."""
+    checkpoint = open_checkpoint(source, task, **setting_overrides)
+    text = text_encoder(checkpoint)
+    model, settings = checkpoint.task.load(checkpoint, text)
     return LoadedCheckpoint(checkpoint, text, model, settings)
 
 
@@ -104,20 +104,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _score(model: OfaVisualEntailmentModel, batch: dict) -> Any:
-    import torch
-
-    with torch.no_grad():
-        return model(**{name: torch.from_numpy(value) for name, value in batch.items()}).numpy()
-
-
-def export_config_for(loaded: LoadedCheckpoint) -> OnnxExportConfig:
-    arch = loaded.checkpoint.architecture
-    return OnnxExportConfig(image_size=loaded.settings.task.patch_image_size,
-                            pad_token_id=arch.pad_token_id, bos_token_id=arch.bos_token_id,
-                            eos_token_id=arch.eos_token_id, vocab_size=arch.vocab_size)
-
-
 def existing_versions(repository: Path, names: ModelNames) -> dict[int, Path]:
     """{version: a manifest of it} for the versions already in ``repository`` under
     ``names`` (any of the four models)."""
@@ -131,10 +117,6 @@ def existing_versions(repository: Path, names: ModelNames) -> dict[int, Path]:
     return versions
 
 
-# Settings that decide the configs' tensor shapes, which every version of a model shares.
-SHAPE_SETTINGS = ("patch_image_size", "max_src_length")
-
-
 def check_new_version(repository: Path, names: ModelNames, version: int,
                       settings: ServingSettings) -> None:
     """Refuse to overwrite a version, or to add one whose shapes differ from the others'."""
@@ -143,14 +125,13 @@ def check_new_version(repository: Path, names: ModelNames, version: int,
         raise ValueError(f"version {version} of {names.ensemble} already exists in {repository}; "
                          f"export as --version {max(existing) + 1}, or remove that version's "
                          "directories first")
-    new = settings.to_dict()
+    task = names.ofa_task
+    new = task.shape_signature(settings.to_dict())
     for other, manifest in sorted(existing.items()):
         if not manifest.is_file():
             continue
-        old = json.loads(manifest.read_text())["settings"]
-        differing = [key for key in SHAPE_SETTINGS if old[key] != new[key]]
-        if len(old["answers"]) != len(new["answers"]):
-            differing.append("number of answers")
+        old = task.shape_signature(json.loads(manifest.read_text())["settings"])
+        differing = [key for key in new if old[key] != new[key]]
         if differing:
             raise ValueError(
                 f"version {other} in {repository} differs in {', '.join(differing)}; the versions "
@@ -159,69 +140,19 @@ def check_new_version(repository: Path, names: ModelNames, version: int,
                 "--name-prefix large_")
 
 
-def write_graph(loaded: LoadedCheckpoint, config: OnnxExportConfig, path: Path, precision: str,
-                calibration: tuple[list[bytes], str] | None = None,
-                progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """The validated graph at ``path``; returns its validation figures (and, for int8, how it
-    was quantized). ``calibration``: int8's images and where they came from
-    (quantization.calibration_images)."""
-    progress(f"[2/4] exporting the {precision} ONNX graph (opset {config.opset})")
-    if precision != "int8":
-        export_onnx(loaded.model, config, path, precision)
-        progress("[3/4] validating the graph against the PyTorch module with onnxruntime")
-        validation = validate_onnx(loaded.model, config, path, precision)
-    else:
-        from .quantization import graph_inputs, quantize_convolutions
-        from .synthetic import photo_like_jpegs
-
-        images, described = calibration
-        preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
-                                                    loaded.checkpoint.merges_file)
-        with tempfile.TemporaryDirectory(prefix="ofa-fp32-") as scratch:
-            fp32_graph = Path(scratch) / GRAPH_FILE
-            export_onnx(loaded.model, config, fp32_graph, "fp32")
-            quantization = quantize_convolutions(
-                fp32_graph, path, graph_inputs(preprocessor, images), progress)
-        progress("[3/4] validating the graph against the PyTorch module with onnxruntime, on "
-                 "held-out generated images")
-        held_out = graph_inputs(preprocessor, photo_like_jpegs(8, seed=9000), batch_size=4)
-        validation = validate_onnx(loaded.model, config, path, precision, inputs=held_out)
-        validation["quantization"] = {**quantization, "calibration": described}
-    progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
-             f"(tolerance {validation['tolerance']})")
-    return validation
-
-
-def write_torch_artifacts(loaded: LoadedCheckpoint, config: OnnxExportConfig, directory: Path,
-                          precision: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """The PyTorch runtime's weights and architecture in ``directory``, validated by loading
-    them as the server will; returns the validation figures."""
-    from .torch_runtime import validate_torch_model, write_torch_model
-
-    progress(f"[2/4] writing the {precision} weights for the PyTorch runtime (safetensors)")
-    write_torch_model(loaded.model, directory, precision)
-    loaded.settings.write(directory)      # the answers' token ids, read by the loader
-    progress("[3/4] validating the saved weights against the fp32 PyTorch module")
-    inputs = [config.random_inputs(batch, seed=100 + index) for index, batch in enumerate((1, 3))]
-    validation = validate_torch_model(loaded.model, directory, precision, inputs)
-    (directory / SETTINGS_FILE).unlink()  # written again with the others below
-    progress(f"      max |difference| {validation['max_abs_diff_log_prob']:.3g} "
-             f"(tolerance {validation['tolerance']}, on {validation['device']})")
-    return validation
-
-
 def export_repository(source: str | Path, repository: str | Path, *,
                       options: ServingOptions = ServingOptions(), precision: str | None = None,
                       runtime: str | None = None, version: int | None = None,
+                      task: str | None = None,
                       progress: Callable[[str], None] = print,
                       limits: InputLimits = InputLimits(), calibration_images: Path | None = None,
                       **setting_overrides: Any) -> dict[str, Any]:
-    """Export ``source`` into ``repository`` (configs, model.py files, the encoder-decoder for
-    ``runtime``, tokenizer files, settings, warmup sample) as ``version`` (default: the next
-    free one) and return the export record. ``calibration_images``: a directory of typical
-    request images for ``precision="int8"`` (default: generated ones)."""
+    """Export ``source`` into ``repository`` as ``version`` (default: the next free one): the
+    models of its task (configuration.json's, or ``task``): configs, model.py files, the
+    encoder-decoder for ``runtime``, tokenizer files, settings, warmup sample; returns the
+    export record. ``calibration_images``: a directory of typical request images for
+    ``precision="int8"`` (default: generated ones)."""
     device = options.device
-    names = options.names
     precision = precision or DEFAULT_PRECISION[device]
     runtime = runtime or DEFAULT_RUNTIME[device]
     if runtime not in RUNTIMES:
@@ -242,13 +173,14 @@ def export_repository(source: str | Path, repository: str | Path, *,
     options = options.for_runtime(runtime)
     repository = Path(repository)
     check_output_directory(repository)
+
+    progress(f"[1/4] loading checkpoint {source}")
+    loaded = load_checkpoint(source, task, **setting_overrides)
+    names = options.names(loaded.checkpoint.task.name)
     if version is None:
         version = max(existing_versions(repository, names), default=0) + 1
     if version < 1:
         raise ValueError(f"version must be 1 or more, got {version}")
-
-    progress(f"[1/4] loading checkpoint {source}")
-    loaded = load_checkpoint(source, **setting_overrides)
     # The request limits travel with the other serving settings (ofa_settings.json, manifest).
     loaded = dataclasses.replace(loaded, settings=dataclasses.replace(loaded.settings,
                                                                       limits=limits))
@@ -258,37 +190,34 @@ def export_repository(source: str | Path, repository: str | Path, *,
     served = read_served_versions(repository, names.ensemble) or ServedVersions(version)
     checkpoint = loaded.checkpoint
     arch = checkpoint.architecture
-    progress(f"      {checkpoint.layout} layout, d_model={arch.d_model}, "
-             f"{arch.encoder_layers}+{arch.decoder_layers} layers, {arch.resnet_type}, "
-             f"{loaded.settings.task.patch_image_size}px, answers {list(loaded.settings.task.answers)}")
+    progress(f"      {checkpoint.task.name}, {checkpoint.layout} layout, "
+             f"d_model={arch.d_model}, {arch.encoder_layers}+{arch.decoder_layers} layers, "
+             f"{arch.resnet_type}, {loaded.settings.task.patch_image_size}px")
 
-    config = export_config_for(loaded)
     graph_dir = repository / names.encoder_decoder / str(version)
     with tempfile.TemporaryDirectory(prefix="ofa-export-") as scratch:
-        if runtime == "torch":
-            validation = write_torch_artifacts(loaded, config, Path(scratch), precision,
-                                               progress)
-        else:
-            validation = write_graph(loaded, config, Path(scratch) / GRAPH_FILE, precision,
-                                     calibration, progress)
+        validation = checkpoint.task.write_encoder_decoder(
+            loaded, Path(scratch), runtime=runtime, precision=precision,
+            calibration=calibration, progress=progress)
         graph_dir.mkdir(parents=True, exist_ok=True)
-        # The graph or weights, and the external-data files of graphs over 2 GB.
+        # The graphs or weights, and the external-data files of graphs over 2 GB.
         for artifact in Path(scratch).iterdir():
             shutil.move(str(artifact), graph_dir / artifact.name)
     RuntimeRecord(runtime, precision).write(graph_dir)
 
     progress(f"[4/4] writing version {version} of {names.ensemble}: configs, tokenizer "
              "files, settings, warmup sample")
-    write_model_files(repository, version, loaded.settings, options, served)
-    preprocess_dir = repository / names.preprocess / str(version)
-    postprocess_dir = repository / names.postprocess / str(version)
-    for directory in (preprocess_dir, graph_dir, postprocess_dir):
+    write_model_files(repository, version, loaded.settings, options, served, names)
+    for template, name in names.by_template().items():
+        if template == checkpoint.task.public_model:
+            continue   # the ensemble has no files of its own
+        directory = repository / name / str(version)
         directory.mkdir(parents=True, exist_ok=True)
         loaded.settings.write(directory)
-    shutil.copyfile(checkpoint.vocab_file, preprocess_dir / "vocab.json")
-    shutil.copyfile(checkpoint.merges_file, preprocess_dir / "merges.txt")
-    write_warmup_files(repository, names, VisualEntailmentPreprocessor.from_directory(
-        preprocess_dir), lambda batch: _score(loaded.model, batch))
+        if template in checkpoint.task.tokenizer_models:
+            shutil.copyfile(checkpoint.vocab_file, directory / "vocab.json")
+            shutil.copyfile(checkpoint.merges_file, directory / "merges.txt")
+    checkpoint.task.write_warmup_files(repository, names, loaded)
 
     record = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -297,9 +226,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
         "export": {"device": device, "runtime": runtime, "precision": precision,
                    "opset": ONNX_OPSET if runtime == "onnxruntime" else None,
                    "serving": dataclasses.asdict(options),
-                   "version": version, "input_names": list(config.input_names),
-                   "output_names": list(config.output_names),
-                   "dynamic_axes": config.dynamic_axes},
+                   "version": version, "task": checkpoint.task.name},
         "architecture": arch.to_dict(),
         "settings": loaded.settings.to_dict(),
         "validation": validation,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .image import ImageDecodeError, decode_image
-from .preprocessing import VisualEntailmentPreprocessor, stack
+from .tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from .runtime import trim_padding
 from .synthetic import photo_like_jpegs
 

@@ -5,66 +5,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .limits import InputLimits
+from .tasks import DEFAULT_TASK, TaskSettings, task_named
 
 SETTINGS_FILE = "ofa_settings.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSettings:
-    """Everything preprocessing and postprocessing need, besides the vocabulary files."""
-
-    patch_image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    max_src_length: int
-    prompt_type: str
-    hypothesis_prompt: str
-    premise_prompt: str
-    # Answer words in answer-map order; the graph's scores come in this order.
-    answers: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSettings":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
-        for key in ("mean", "std", "answers"):
-            values[key] = tuple(values[key])
-        return cls(**values)
-
 
 
 @dataclasses.dataclass(frozen=True)
 class ServingSettings:
     """What the Triton Python models need, written next to them as ofa_settings.json."""
 
-    task: TaskSettings
+    task: TaskSettings          # the task's own settings class (tasks/<task>/)
     bos_token_id: int
     pad_token_id: int
     eos_token_id: int
-    answer_token_ids: tuple[int, ...]
+    # Visual entailment's scorer reads only these rows of the output projection.
+    answer_token_ids: tuple[int, ...] = ()
     # What a request may carry; set at export (settings files without it get the defaults).
     limits: InputLimits = InputLimits()
+    task_name: str = DEFAULT_TASK
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.task.to_dict(), "bos_token_id": self.bos_token_id,
+        return {"task": self.task_name, **self.task.to_dict(), "bos_token_id": self.bos_token_id,
                 "pad_token_id": self.pad_token_id, "eos_token_id": self.eos_token_id,
                 "answer_token_ids": list(self.answer_token_ids),
                 "limits": self.limits.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServingSettings":
-        return cls(task=TaskSettings.from_dict(data), bos_token_id=data["bos_token_id"],
+        # Exports made before tasks were recorded are visual entailment's.
+        task = task_named(data.get("task", DEFAULT_TASK))
+        return cls(task=task.settings_class.from_dict(data), bos_token_id=data["bos_token_id"],
                    pad_token_id=data["pad_token_id"], eos_token_id=data["eos_token_id"],
-                   answer_token_ids=tuple(data["answer_token_ids"]),
-                   limits=InputLimits.from_dict(data.get("limits")))
+                   answer_token_ids=tuple(data.get("answer_token_ids", ())),
+                   limits=InputLimits.from_dict(data.get("limits")), task_name=task.name)
 
     def write(self, directory: Path) -> Path:
         path = directory / SETTINGS_FILE

@@ -1,23 +1,19 @@
-"""Text side of OFA visual entailment, identical to ModelScope's preprocessor.
+"""The text side every OFA task shares, identical to ModelScope's preprocessors.
 
-``modelscope/preprocessors/ofa/base.py`` (pre_caption, tokenize_text) and
-``modelscope/preprocessors/ofa/visual_entailment.py`` (prompts, decoder prompt). ModelScope
-runs the slow ``BartTokenizer``; this uses the Rust ``tokenizers`` library configured the same
-way (byte-level BPE, BART's special tokens, then 8192 ``<code_*>`` and 1000 ``<bin_*>`` added
-tokens), built once per process. The goldens test pins the equality token for token.
+``modelscope/preprocessors/ofa/base.py`` (pre_caption, tokenize_text) and the decoder prompt of
+the task preprocessors. Each task builds its own prompt (tasks/<task>/) and encodes it here.
+ModelScope runs the slow ``BartTokenizer``; this uses the Rust ``tokenizers`` library
+configured the same way (byte-level BPE, BART's special tokens, then 8192 ``<code_*>`` and 1000
+``<bin_*>`` added tokens), built once per process. The goldens tests pin the equality token
+for token.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-# ModelScope's default prompts (cfg.model.prompt overrides them).
-HYPOTHESIS_ONLY_PROMPT = ' does the image describe " {} "?'
-PREMISE_HYPOTHESIS_PROMPT = ' can image and text1 " {} " imply text2 " {} "?'
 
 NUM_IMAGE_CODES = 8192
 NUM_BINS = 1000
@@ -35,23 +31,6 @@ def pre_caption(caption: str, max_words: int | None = None) -> str:
     if max_words is not None and len(words) > max_words:
         caption = " ".join(words[:max_words])
     return caption
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptTemplates:
-    hypothesis_only: str = HYPOTHESIS_ONLY_PROMPT
-    premise_hypothesis: str = PREMISE_HYPOTHESIS_PROMPT
-
-
-def build_prompt(hypothesis: str, premise: str | None, max_words: int,
-                 templates: PromptTemplates = PromptTemplates()) -> str:
-    """The instruction text. ``premise=None`` means the hypothesis-only prompt, as ModelScope
-    does when ``text2`` is absent. (An empty premise string is a premise: ModelScope then uses
-    the two-text prompt with an empty first text; callers decide which they mean.)"""
-    hypothesis = pre_caption(hypothesis, max_words)
-    if premise is None:
-        return templates.hypothesis_only.format(hypothesis)
-    return templates.premise_hypothesis.format(pre_caption(premise, max_words), hypothesis)
 
 
 def build_bpe_tokenizer(vocab_file: str | Path, merges_file: str | Path) -> Tokenizer:
@@ -76,17 +55,16 @@ def build_bpe_tokenizer(vocab_file: str | Path, merges_file: str | Path) -> Toke
 
 
 class OfaTextEncoder:
-    """Prompt building and token ids for one checkpoint. Build once; thread-safe to call."""
+    """Token ids for one checkpoint. Build once; thread-safe to call."""
 
     def __init__(self, vocab_file: str | Path, merges_file: str | Path, *, max_src_length: int,
-                 prompt_type: str, templates: PromptTemplates = PromptTemplates()):
+                 prompt_type: str):
         if prompt_type not in ("none", "prev_output"):
-            raise ValueError(f"prompt_type {prompt_type!r} is not supported for visual "
-                             "entailment (ModelScope supports 'none' and 'prev_output')")
+            raise ValueError(f"prompt_type {prompt_type!r} is not supported (ModelScope's OFA "
+                             "preprocessors take 'none' and 'prev_output')")
         self.tokenizer = build_bpe_tokenizer(vocab_file, merges_file)
         self.max_src_length = max_src_length
         self.prompt_type = prompt_type
-        self.templates = templates
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         self.bos_id, self.pad_id, self.eos_id = vocab["<s>"], vocab["<pad>"], vocab["</s>"]
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -95,9 +73,8 @@ class OfaTextEncoder:
         """BPE ids without special tokens, truncated to max_src_length."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids[:self.max_src_length]
 
-    def source_ids(self, hypothesis: str, premise: str | None) -> list[int]:
-        """Encoder input: bos + BPE(prompt)[:max_src_length] + eos."""
-        prompt = build_prompt(hypothesis, premise, self.max_src_length, self.templates)
+    def source_ids(self, prompt: str) -> list[int]:
+        """Encoder input of a task's prompt: bos + BPE(prompt)[:max_src_length] + eos."""
         return [self.bos_id, *self.bpe(prompt), self.eos_id]
 
     def decoder_prompt_ids(self, source_ids: list[int]) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import DEFAULT_ANSWER_MAP
+from .tasks.visual_entailment.labels import DEFAULT_ANSWER_MAP
 from .modeling import OfaArchitecture, OfaVisualEntailmentModel
 from .text import NUM_BINS, NUM_IMAGE_CODES
 

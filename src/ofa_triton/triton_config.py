@@ -16,23 +16,41 @@ from pathlib import Path
 
 from .runtime import TORCH_COMPILE_MODES, parse_batch_sizes
 from .settings import ServingSettings
+from .tasks import DEFAULT_TASK, OfaTask, task_named
 
-# The models' names without a prefix; also the template folders under model_repository/.
-PREPROCESS_MODEL = "ofa_preprocess"
-ENCODER_DECODER_MODEL = "ofa_encoder_decoder"
-POSTPROCESS_MODEL = "ofa_postprocess"
-ENSEMBLE_MODEL = "ofa_visual_entailment"
-MODEL_NAMES = (PREPROCESS_MODEL, ENCODER_DECODER_MODEL, POSTPROCESS_MODEL, ENSEMBLE_MODEL)
 # Triton takes any directory name; this keeps names safe in URLs, metrics labels and shells.
 NAME_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The default task's public model (CLI and client defaults).
+ENSEMBLE_MODEL = task_named(DEFAULT_TASK).public_model
+
+
+def template_directory() -> Path:
+    """``model_repository/`` of the source tree (or $OFA_TRITON_TEMPLATES): one folder per task,
+    in it one folder per Triton model."""
+    configured = os.environ.get("OFA_TRITON_TEMPLATES")
+    directory = Path(configured) if configured else Path(__file__).resolve().parents[2] / "model_repository"
+    default = task_named(DEFAULT_TASK)
+    if not (directory / default.template_folder / default.public_model / "config.pbtxt").is_file():
+        raise FileNotFoundError(
+            f"the model-repository templates are not at {directory}; run from a source "
+            "checkout (pip install -e .) or set OFA_TRITON_TEMPLATES to its model_repository/")
+    return directory
+
+
+def task_templates(task: OfaTask) -> tuple[str, ...]:
+    """The Triton models of ``task``: its template folders, sorted."""
+    folder = template_directory() / task.template_folder
+    return tuple(sorted(p.name for p in folder.iterdir() if (p / "config.pbtxt").is_file()))
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelNames:
-    """The served names of one export. A prefix ("large_") lets several OFA checkpoints share
-    one repository and one server: large_ofa_visual_entailment beside ofa_visual_entailment."""
+    """The served names of one export: the task's Triton models, with a prefix ("large_") that
+    lets several checkpoints share one repository and one server
+    (large_ofa_visual_entailment beside ofa_visual_entailment)."""
 
     prefix: str = ""
+    task: str = DEFAULT_TASK
 
     def __post_init__(self):
         if self.prefix and not NAME_PREFIX_PATTERN.fullmatch(self.prefix):
@@ -40,35 +58,26 @@ class ModelNames:
                              "'-', starting with a letter or digit (for example 'large_')")
 
     @property
-    def preprocess(self) -> str:
-        return self.prefix + PREPROCESS_MODEL
+    def ofa_task(self) -> OfaTask:
+        return task_named(self.task)
+
+    def step(self, template: str) -> str:
+        """The served name of one of the task's models (its template folder's name)."""
+        if template not in task_templates(self.ofa_task):
+            raise KeyError(f"{self.task} has no Triton model {template!r}")
+        return self.prefix + template
 
     @property
     def encoder_decoder(self) -> str:
-        return self.prefix + ENCODER_DECODER_MODEL
-
-    @property
-    def postprocess(self) -> str:
-        return self.prefix + POSTPROCESS_MODEL
+        return self.step(self.ofa_task.encoder_decoder_model)
 
     @property
     def ensemble(self) -> str:
-        return self.prefix + ENSEMBLE_MODEL
+        return self.prefix + self.ofa_task.public_model
 
     def by_template(self) -> dict[str, str]:
-        """{template folder: served name} for the four models."""
-        return {template: self.prefix + template for template in MODEL_NAMES}
-
-
-def template_directory() -> Path:
-    """``model_repository/`` of the source tree (or $OFA_TRITON_TEMPLATES)."""
-    configured = os.environ.get("OFA_TRITON_TEMPLATES")
-    directory = Path(configured) if configured else Path(__file__).resolve().parents[2] / "model_repository"
-    if not (directory / "ofa_visual_entailment" / "config.pbtxt").is_file():
-        raise FileNotFoundError(
-            f"the model-repository templates are not at {directory}; run from a source "
-            "checkout (pip install -e .) or set OFA_TRITON_TEMPLATES to its model_repository/")
-    return directory
+        """{template folder: served name} for the task's models."""
+        return {template: self.prefix + template for template in task_templates(self.ofa_task)}
 
 
 def check_output_directory(repository: Path) -> None:
@@ -105,12 +114,11 @@ class ServingOptions:
         return dataclasses.replace(self, cuda_graph_batch_sizes=",".join(
             map(str, power_of_two_buckets(self.max_batch_size))) if graphs else "")
 
-    @property
-    def names(self) -> ModelNames:
-        return ModelNames(self.name_prefix)
+    def names(self, task: str = DEFAULT_TASK) -> ModelNames:
+        return ModelNames(self.name_prefix, task)
 
     def __post_init__(self):
-        self.names  # validates the prefix
+        self.names()  # validates the prefix
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', not {self.device!r}")
         for field in dataclasses.fields(self):
@@ -209,15 +217,15 @@ def write_served_versions(repository: Path, ensemble: str, served: ServedVersion
     _replace_file(path, text)
 
 
-def render_configs(settings: ServingSettings, options: ServingOptions,
-                   served: ServedVersions) -> dict[str, str]:
+def render_configs(settings: ServingSettings, options: ServingOptions, served: ServedVersions,
+                   names: ModelNames) -> dict[str, str]:
+    """{template: rendered config.pbtxt} for the task's models."""
     values = {
         "max_batch_size": options.max_batch_size,
         "queue_delay_us": options.queue_delay_us,
         "source_length": settings.task.max_src_length + 2,
         "decoder_length": settings.task.max_src_length + 1,
         "image_size": settings.task.patch_image_size,
-        "num_answers": len(settings.task.answers),
         "preprocess_instances": options.preprocess_instances,
         "encoder_decoder_instances": options.encoder_decoder_instances,
         "encoder_decoder_kind": "KIND_GPU" if options.device == "gpu" else "KIND_CPU",
@@ -230,24 +238,24 @@ def render_configs(settings: ServingSettings, options: ServingOptions,
         "step_versions": ", ".join(map(str, served.step_versions)),
         "serving_version": served.serving,
         "previous_version": served.previous or "",
-        **{f"{template.removeprefix('ofa_')}_model": served
-           for template, served in options.names.by_template().items()},
+        **names.ofa_task.config_values(settings),
+        **{f"{template.removeprefix('ofa_')}_model": name
+           for template, name in names.by_template().items()},
     }
-    templates = template_directory()
-    return {template: string.Template((templates / template / "config.pbtxt").read_text())
-            .substitute(values) for template in MODEL_NAMES}
+    folder = template_directory() / names.ofa_task.template_folder
+    return {template: string.Template((folder / template / "config.pbtxt").read_text())
+            .substitute(values) for template in names.by_template()}
 
 
 def write_model_files(repository: Path, version: int, settings: ServingSettings,
-                      options: ServingOptions, served: ServedVersions) -> None:
-    """config.pbtxt of every model (serving ``served``), and each Python model's model.py in
-    ``version``."""
-    templates = template_directory()
-    served_names = options.names.by_template()
-    for template, config in render_configs(settings, options, served).items():
-        model_dir = repository / served_names[template]
+                      options: ServingOptions, served: ServedVersions, names: ModelNames) -> None:
+    """config.pbtxt of every model of the task (serving ``served``), and each Python model's
+    model.py in ``version``."""
+    folder = template_directory() / names.ofa_task.template_folder
+    for template, config in render_configs(settings, options, served, names).items():
+        model_dir = repository / names.by_template()[template]
         (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
         (model_dir / "config.pbtxt").write_text(config)
-        source = templates / template / "1" / "model.py"
+        source = folder / template / "1" / "model.py"
         if source.is_file():
             shutil.copyfile(source, model_dir / str(version) / "model.py")

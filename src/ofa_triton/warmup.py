@@ -3,10 +3,10 @@ client request does not pay for lazy allocations, and a version that cannot answ
 reports ready. An ensemble cannot warm up itself; its steps can.
 
 The export writes one sample's tensors into each model's ``warmup/`` folder, one file per
-input in Triton's raw layout: the sample request's encoded strings for ofa_preprocess, its
-model inputs for ofa_encoder_decoder, its answer scores for ofa_postprocess. Each Python model
-runs that sample through its own code at the end of ``initialize()`` (``warm_up``), before
-Triton marks it loaded.
+input in Triton's raw layout (each task decides its sample: for visual entailment the sample
+request's encoded strings for ofa_preprocess, its model inputs for ofa_encoder_decoder, its
+answer scores for ofa_postprocess). Each Python model runs that sample through its own code at
+the end of ``initialize()`` (``warm_up``), before Triton marks it loaded.
 
 Why not Triton's ``model_warmup``: when a ``model_warmup`` sample fails, Triton 2.51 crashes
 with SIGSEGV in about one load in three (seen at server start and during a deploy, where it
@@ -26,14 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .limits import InputLimits
-from .preprocessing import ModelInputs, VisualEntailmentPreprocessor, stack
-from .triton_config import ModelNames
 
 WARMUP_DIR = "warmup"
 SAMPLE_SIZE = (640, 480)    # a typical photo: the decode and resize cost real requests pay
 SAMPLE_SEED = 7
-SAMPLE_HYPOTHESIS = "two dogs play in the snow"
-SAMPLE_PREMISE = "a winter scene in a city park"
 
 
 def serialize_strings(values: Sequence[bytes]) -> bytes:
@@ -96,10 +92,10 @@ def warm_up(args: Mapping[str, str], compute: Callable[[dict[str, np.ndarray]], 
     return time.perf_counter() - started
 
 
-def sample_request(limits: InputLimits = InputLimits()) -> dict[str, object]:
-    """A photo-like image with natural texts, the same at every export, made to fit the
-    export's input limits (its format allowed, within the pixel and byte limits, texts cut
-    to length) so that warmup never trips over them."""
+def sample_image(limits: InputLimits = InputLimits()) -> bytes:
+    """A photo-like image, the same at every export, made to fit the export's input limits
+    (its format allowed, within the pixel and byte limits) so that warmup never trips over
+    them."""
     from PIL import Image
 
     from .synthetic import photo_like
@@ -116,35 +112,17 @@ def sample_request(limits: InputLimits = InputLimits()) -> dict[str, object]:
         buffer = io.BytesIO()
         Image.fromarray(photo_like(width, height, SAMPLE_SEED)).save(buffer, image_format)
         if buffer.tell() <= limits.max_image_bytes:
-            break
+            return buffer.getvalue()
         if width == height == 1:
             raise ValueError(f"--max-image-bytes {limits.max_image_bytes} refuses even a 1x1 "
                              f"{image_format} image; raise it")
         width, height = max(1, width // 2), max(1, height // 2)
-    cut = limits.max_text_chars
-    return {"image": buffer.getvalue(), "hypothesis": SAMPLE_HYPOTHESIS[:cut],
-            "premise": SAMPLE_PREMISE[:cut]}
 
 
-def write_warmup_files(repository: Path, names: ModelNames,
-                       preprocessor: VisualEntailmentPreprocessor,
-                       score: Callable[[dict[str, np.ndarray]], np.ndarray]) -> None:
-    """The sample through each step: ``score`` maps a batch of model inputs to answer scores
-    (the export passes its PyTorch module)."""
-    request = sample_request(preprocessor.limits)
-    inputs: ModelInputs = preprocessor(request["image"], request["hypothesis"],
-                                       request["premise"])
-    batch = stack([inputs])
-    files = {
-        names.preprocess: {name: serialize_strings([value if isinstance(value, bytes)
-                                                    else value.encode("utf-8")])
-                           for name, value in request.items()},
-        names.encoder_decoder: {name: tensor[0].tobytes() for name, tensor in batch.items()},
-        names.postprocess: {"answer_scores":
-                            np.asarray(score(batch), dtype=np.float32)[0].tobytes()},
-    }
+def write_sample_files(repository: Path, files: Mapping[str, Mapping[str, bytes]]) -> None:
+    """{model name: {input name: raw bytes}} into each model's warmup/ folder."""
     for model, contents in files.items():
-        directory = repository / model / WARMUP_DIR
+        directory = Path(repository) / model / WARMUP_DIR
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in contents.items():
             (directory / name).write_bytes(data)

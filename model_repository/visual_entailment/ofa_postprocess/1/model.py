@@ -1,11 +1,11 @@
-"""Triton adapter: answer scores -> label, confidence, probabilities (ofa_triton.labels)."""
+"""Triton adapter: answer scores -> label, confidence, probabilities (ofa_triton.tasks.visual_entailment.labels)."""
 
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.labels import scores_to_outputs
+from ofa_triton.tasks.visual_entailment.labels import scores_to_outputs
 from ofa_triton.manifest import verify_version_directory
 from ofa_triton.settings import ServingSettings
 from ofa_triton.warmup import warm_up

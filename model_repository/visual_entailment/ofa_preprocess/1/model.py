@@ -1,4 +1,4 @@
-"""Triton adapter: image bytes + texts -> token ids and pixels (ofa_triton.preprocessing).
+"""Triton adapter: image bytes + texts -> token ids and pixels (ofa_triton.tasks.visual_entailment.preprocessing).
 
 Each request is preprocessed on its own; a bad one gets its own INVALID_ARG error and the
 others of the dynamic batch go on.
@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 
 from ofa_triton.image import ImageDecodeError
 from ofa_triton.manifest import verify_version_directory
-from ofa_triton.preprocessing import VisualEntailmentPreprocessor, stack
+from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.runtime import RequestError, rows, text_from_bytes
 from ofa_triton.warmup import warm_up
 

@@ -1,4 +1,4 @@
-"""One request in, model tensors out: the function the Triton preprocessing model calls.
+"""One visual-entailment request in, model tensors out: what ``ofa_preprocess`` calls.
 
 Token ids are right-padded to fixed lengths (max_src_length + 2 for the source, + 1 for the
 decoder prompt) so that Triton's dynamic batcher can merge any two requests. Padding changes
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import ImageTransform, decode_image
-from .limits import check_texts
-from .settings import ServingSettings
-from .text import OfaTextEncoder, PromptTemplates
+from ...image import ImageTransform, decode_image
+from ...limits import check_texts
+from ...settings import ServingSettings
+from ...text import OfaTextEncoder
+from .prompts import PromptTemplates, build_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +39,8 @@ class VisualEntailmentPreprocessor:
         self.settings = settings
         self.limits = settings.limits
         self.text = OfaTextEncoder(vocab_file, merges_file, max_src_length=task.max_src_length,
-                                   prompt_type=task.prompt_type,
-                                   templates=PromptTemplates(task.hypothesis_prompt,
-                                                             task.premise_prompt))
+                                   prompt_type=task.prompt_type)
+        self.templates = PromptTemplates(task.hypothesis_prompt, task.premise_prompt)
         self.transform = ImageTransform(task.patch_image_size, tuple(task.mean), tuple(task.std))
         self.source_length = task.max_src_length + 2
         self.decoder_length = task.max_src_length + 1
@@ -57,9 +57,14 @@ class VisualEntailmentPreprocessor:
         out[:len(ids)] = ids
         return out
 
+    def source_ids(self, hypothesis: str, premise: str | None) -> list[int]:
+        """The encoder's token ids, unpadded (``premise=None``: the hypothesis-only prompt)."""
+        prompt = build_prompt(hypothesis, premise, self.text.max_src_length, self.templates)
+        return self.text.source_ids(prompt)
+
     def text_inputs(self, hypothesis: str, premise: str | None) -> tuple[np.ndarray, np.ndarray]:
         """An empty premise means the hypothesis-only prompt, like an absent one."""
-        source = self.text.source_ids(hypothesis, premise or None)
+        source = self.source_ids(hypothesis, premise or None)
         decoder = self.text.decoder_prompt_ids(source)
         return self._padded(source, self.source_length), self._padded(decoder, self.decoder_length)
 
