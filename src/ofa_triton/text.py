@@ -68,6 +68,8 @@ class OfaTextEncoder:
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         self.bos_id, self.pad_id, self.eos_id = vocab["<s>"], vocab["<pad>"], vocab["</s>"]
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self._special_ids = {vocab[token] for token in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")}
+        self._first_added_id = vocab["<code_0>"]
 
     def bpe(self, text: str) -> list[int]:
         """BPE ids without special tokens, truncated to max_src_length."""
@@ -82,6 +84,28 @@ class OfaTextEncoder:
         if self.prompt_type == "none":
             return [self.bos_id]
         return source_ids[:-1]
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated ids -> text, as ModelScope's slow BartTokenizer decodes them
+        (``batch_decode(skip_special_tokens=True)``): special tokens dropped, runs of BPE tokens
+        decoded from bytes (invalid UTF-8 replaced), each added token (<code_*>, <bin_*>) as
+        its own piece, the pieces joined with spaces, no clean-up of spaces."""
+        pieces, run = [], []
+        for token in ids:
+            if token in self._special_ids:
+                continue
+            if token >= self._first_added_id:
+                if run:
+                    text = self.tokenizer.decode(run, skip_special_tokens=False)
+                    if text:
+                        pieces.append(text)
+                    run = []
+                pieces.append(self.tokenizer.id_to_token(token))
+            else:
+                run.append(token)
+        if run:
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=False))
+        return " ".join(pieces)
 
     def answer_token_ids(self, answers: list[str]) -> list[int]:
         """The single BPE token of ' answer' for each answer; multi-token answers are refused

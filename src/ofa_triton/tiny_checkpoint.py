@@ -165,6 +165,44 @@ def _random_state_dict(model: OfaVisualEntailmentModel, seed: int) -> dict[str, 
     return state
 
 
+def _shape_for_generation(state: dict, model: OfaVisualEntailmentModel, vocab: dict[str, int],
+                          eos_id: int) -> None:
+    """Make random weights generate: with plain random draws every image gets the same,
+    repetitive caption (attention nearly uniform, the decoder's input token dominating its
+    output through the tied embedding). Measured with greedy decoding on the golden images:
+    - q and k projections x3: attention that picks positions;
+    - the decoder's cross-attention (its NormFormer mid layer norm) x3: captions that depend
+      on the image;
+    - the decoder's embedding layer norm x0.1: the input token no longer repeats itself;
+    - embedding rows x0.05 for everything but whole words (BPE tokens with a leading space)
+      and eos: no <code_*>/<bin_*>, special tokens or word pieces, so captions are words;
+    - eos along the final layer norm's bias (a component of every output): some captions end
+      before the maximum length, at different steps.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name in state:
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                state[name] = state[name] * 3.0
+            elif name.startswith("decoder.") and "cross_attn_mid_layer_norm" in name:
+                state[name] = state[name] * 3.0
+            elif name.startswith("decoder.layernorm_embedding."):
+                state[name] = state[name] * 0.1
+        embedding = state["encoder.embed_tokens.weight"].clone()
+        words = {index for token, index in vocab.items() if token.startswith("\u0120")}
+        others = [i for i in range(embedding.shape[0]) if i not in words and i != eos_id]
+        embedding[others] *= 0.05
+        bias = state.get("decoder.layer_norm.bias")
+        if bias is not None:
+            embedding[eos_id] = 1.5 * (256 / model.arch.d_model) ** 0.5 * bias / bias.norm()
+        for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                     "decoder.output_projection.weight"):
+            if name in state and (name != "decoder.output_projection.weight"
+                                  or model.arch.share_decoder_input_output_embed):
+                state[name] = embedding
+
+
 def state_dict_digest(state: dict) -> str:
     """sha256 over names and values: stable across torch versions, unlike the .bin bytes."""
     digest = hashlib.sha256()
@@ -177,10 +215,15 @@ def state_dict_digest(state: dict) -> str:
 def generate_tiny_checkpoint(directory: str | Path, *, seed: int = DEFAULT_SEED,
                              image_size: int = DEFAULT_IMAGE_SIZE, max_src_length: int = 80,
                              prompt_type: str = "prev_output", imagenet_mean_std: bool = False,
-                             architecture_overrides: dict | None = None) -> Path:
+                             architecture_overrides: dict | None = None,
+                             task: str = "visual-entailment",
+                             beam_search: dict | None = None) -> Path:
     """Write a complete ModelScope-layout checkpoint into ``directory`` and return it.
     The defaults are the released SNLI-VE settings with OFA-tiny's dimensions at a small image
-    size; the keyword arguments make the variants that the fidelity tests also cover."""
+    size; the keyword arguments make the variants that the fidelity tests also cover.
+    ``task="image-captioning"`` writes a captioning checkpoint (configuration.json as
+    ModelScope's released ones, ``beam_search`` overriding its generator settings) whose
+    weights are shaped to generate word captions (``_shape_for_generation``)."""
     import torch
 
     from .text import OfaTextEncoder
@@ -195,30 +238,31 @@ def generate_tiny_checkpoint(directory: str | Path, *, seed: int = DEFAULT_SEED,
                               "vocab_size": text.vocab_size})
     model = OfaVisualEntailmentModel(arch, text.answer_token_ids(list(DEFAULT_ANSWER_MAP)))
     state = _random_state_dict(model, seed)
+    if task == "image-captioning":
+        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        _shape_for_generation(state, model, vocab, text.eos_id)
     torch.save(state, directory / "pytorch_model.bin")
 
     config = {"architectures": ["OFAModel"], "model_type": "ofa", **arch.to_dict()}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (directory / "answer2label.json").write_text(json.dumps(DEFAULT_ANSWER_MAP) + "\n")
-    configuration = {
-        "framework": "pytorch",
-        "task": "visual-entailment",
-        "pipeline": {"type": "visual-entailment"},
-        "model": {
-            "type": "ofa",
-            "gen_type": "traverse",
-            "answer2label": "answer2label.json",
-            "prompt_type": prompt_type,
-            "patch_image_size": image_size,
-            "imagenet_default_mean_and_std": imagenet_mean_std,
-            "max_src_length": max_src_length,
-            "max_image_size": 512,
-            "language": "en",
-            "seed": 7,
-        },
-        "generator": {"seed": seed, "note": "random weights from ofa_triton.tiny_checkpoint; "
-                      "answers carry no meaning"},
-    }
+    outputs = "answers" if task == "visual-entailment" else "captions"
+    generator = {"seed": seed, "note": "random weights from ofa_triton.tiny_checkpoint; "
+                 f"{outputs} carry no meaning"}
+    model_settings = {"type": "ofa", "prompt_type": prompt_type, "patch_image_size": image_size,
+                      "imagenet_default_mean_and_std": imagenet_mean_std,
+                      "max_src_length": max_src_length, "language": "en", "seed": 7}
+    if task == "visual-entailment":
+        (directory / "answer2label.json").write_text(json.dumps(DEFAULT_ANSWER_MAP) + "\n")
+        model_settings.update(gen_type="traverse", answer2label="answer2label.json",
+                              max_image_size=512)
+    elif task == "image-captioning":
+        # As ModelScope's damo/ofa_image-caption_coco_*_en configurations.
+        model_settings.update(gen_type="generation", max_image_size=image_size, beam_search={
+            "beam_size": 5, "max_len_b": 16, "no_repeat_ngram_size": 3, **(beam_search or {})})
+    else:
+        raise ValueError(f"no tiny checkpoint for task {task!r}")
+    configuration = {"framework": "pytorch", "task": task, "pipeline": {"type": task},
+                     "model": model_settings, "generator": generator}
     (directory / "configuration.json").write_text(json.dumps(configuration, indent=2) + "\n")
     (directory / "GENERATED.json").write_text(json.dumps(
         {"seed": seed, "state_dict_sha256": state_dict_digest(state)}, indent=2) + "\n")

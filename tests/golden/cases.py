@@ -190,3 +190,20 @@ PUBLISHED_SIZES = {
                  resnet_type="resnet152"),
 }
 PUBLISHED_VOCAB_SIZE = 59457
+
+
+# Image captioning: every image of the corpus is a case, on two generated checkpoints. The
+# variant changes every setting the generation must read rather than assume: beam size, length
+# limits, n-gram blocking, minimum length, length penalty, mean/std, image size, architecture.
+CAPTION_CHECKPOINTS = {
+    "caption_tiny": dict(task="image-captioning"),
+    "caption_variant": dict(
+        task="image-captioning", seed=11, image_size=96, imagenet_mean_std=True,
+        beam_search=dict(beam_size=3, max_len_b=10, no_repeat_ngram_size=2, min_len=2,
+                         len_penalty=0.6),
+        architecture_overrides=dict(
+            d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+            decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=384,
+            resnet_type="resnet18", token_bucket_size=64, image_bucket_size=12,
+            attn_scale_factor=1.5, activation_function="relu", max_position_embeddings=512)),
+}

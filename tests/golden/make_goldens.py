@@ -51,6 +51,13 @@ class _SoftmaxRecorder:
         return getattr(self._functional, name)
 
 
+def reference_versions() -> dict[str, str]:
+    """The reference environment's versions that decide the outputs."""
+    return {pkg: metadata.version(pkg) for pkg in
+            ("modelscope", "torch", "torchvision", "torchaudio", "transformers", "pillow",
+             "numpy", "fairseq-fixed")}
+
+
 def golden_paths(checkpoint: str) -> tuple[Path, Path]:
     return (GOLDEN_DIR / f"{checkpoint}_visual_entailment.json",
             GOLDEN_DIR / f"{checkpoint}_pixels.npz")
@@ -96,9 +103,7 @@ def record_checkpoint(name: str, work: Path, recorder: "_SoftmaxRecorder") -> No
         pixels[case.name] = sample["net_input"]["patch_images"][0].numpy().astype(np.float32)
         print(f"{name} {case.name}: {result['labels']} {float(result['scores']):.6f}", flush=True)
 
-    versions = {pkg: metadata.version(pkg) for pkg in
-                ("modelscope", "torch", "torchvision", "torchaudio", "transformers", "pillow",
-                 "numpy", "fairseq-fixed")}
+    versions = reference_versions()
     json_path, pixels_path = golden_paths(name)
     json_path.write_text(json.dumps({
         "generator": generated,

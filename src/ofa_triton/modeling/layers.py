@@ -2,8 +2,9 @@
 
 Parameter names match ModelScope's ``OFAAttention``, ``OFAEncoderLayer`` and ``OFADecoderLayer``.
 The arithmetic follows them step for step (same scaling point, same order of bias and mask
-additions) so that float32 results agree to rounding. Dropout, drop-path, layer-drop and
-key/value caches are training or generation machinery and are left out.
+additions) so that float32 results agree to rounding. Dropout, drop-path and layer-drop are
+training machinery and are left out; the decoder layer's ``step`` is one generation step with
+a key/value cache.
 """
 
 from __future__ import annotations
@@ -57,9 +58,16 @@ class OfaAttention(nn.Module):
                 attn_mask: Tensor) -> Tensor:
         """query [B, T, D], key_value [B, S, D], attn_bias [B or 1, H, T, S],
         attn_mask additive, broadcastable to [B, 1, T, S]."""
+        k, v = self.project_kv(key_value)
+        return self.attend(query, k, v, attn_bias, attn_mask)
+
+    def project_kv(self, key_value: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, S, Dh]: what a decoder caches between generation steps."""
+        return self._heads(self.k_proj(key_value)), self._heads(self.v_proj(key_value))
+
+    def attend(self, query: Tensor, k: Tensor, v: Tensor, attn_bias: Tensor,
+               attn_mask: Tensor) -> Tensor:
         q = self._heads(self.q_proj(query) * self.scaling)
-        k = self._heads(self.k_proj(key_value))
-        v = self._heads(self.v_proj(key_value))
         # softmax(q k^T + bias + mask) v as one fused kernel where the device has one (the
         # memory-efficient kernel on CUDA takes an additive bias); ModelScope scales q before
         # the product, so the kernel's own scale is 1. The ONNX exporter writes the same
@@ -163,6 +171,30 @@ class OfaDecoderLayer(_SublayerMixin):
                                                      encoder_mask))
         return self._sublayer(x, self.final_layer_norm, None, self.weight_ffn,
                               self._feed_forward)
+
+    def step(self, x: Tensor, self_k: Tensor, self_v: Tensor, at_step: Tensor,
+             self_attn_bias: Tensor, cross_k: Tensor, cross_v: Tensor, cross_attn_bias: Tensor,
+             encoder_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One generation step of x [N, 1, D]. self_k/self_v [N, H, T, Dh]: this layer's
+        key/value cache, of a fixed length T; ``at_step`` [1, 1, T, 1] is true at this step's
+        position, where the step's key and value go (self_attn_bias masks the positions after
+        it). cross_k/cross_v: the encoder's, computed once (OfaDecoder.start). Returns x and
+        the updated cache; nothing is written in place, so the step exports as a graph."""
+        cache: list[Tensor] = []
+
+        def self_attention(h: Tensor) -> Tensor:
+            k, v = self.self_attn.project_kv(h)
+            cache[:] = [torch.where(at_step, k, self_k), torch.where(at_step, v, self_v)]
+            return self.self_attn.attend(h, cache[0], cache[1], self_attn_bias, 0.0)
+
+        x = self._sublayer(x, self.self_attn_layer_norm, self.self_attn_mid_layer_norm,
+                           self.weight_self_attn, self_attention)
+        x = self._sublayer(x, self.cross_attn_layer_norm, self.cross_attn_mid_layer_norm,
+                           self.weight_cross_attn,
+                           lambda h: self.cross_attn.attend(h, cross_k, cross_v, cross_attn_bias,
+                                                            encoder_mask))
+        x = self._sublayer(x, self.final_layer_norm, None, self.weight_ffn, self._feed_forward)
+        return x, cache[0], cache[1]
 
 
 def padding_attention_mask(padding_mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -27,12 +27,11 @@ class CheckpointMismatchError(ValueError):
     """The state dict does not fit the architecture its config.json describes."""
 
 
-class OfaVisualEntailmentModel(nn.Module):
-    # Input and output names of the exported graph; the Triton models use the same names.
-    INPUT_NAMES = ("input_ids", "patch_images", "decoder_input_ids")
-    OUTPUT_NAMES = ("answer_scores",)
+class OfaModel(nn.Module):
+    """OFA's encoder and decoder with ModelScope's parameter names, so that a checkpoint's
+    state dict loads unchanged; each task's module adds what it computes from them."""
 
-    def __init__(self, arch: OfaArchitecture, answer_token_ids: Sequence[int]):
+    def __init__(self, arch: OfaArchitecture):
         super().__init__()
         self.arch = arch
         shared = nn.Embedding(arch.vocab_size, arch.d_model, arch.pad_token_id)
@@ -42,10 +41,6 @@ class OfaVisualEntailmentModel(nn.Module):
             self.mlp_head = nn.Linear(arch.d_model, arch.mlp_dim)
         if arch.temperature_init_value:
             self.temp = nn.Parameter(torch.ones([]) * arch.temperature_init_value)
-        self.register_buffer("answer_token_ids", torch.tensor(list(answer_token_ids),
-                                                              dtype=torch.long),
-                             persistent=False)
-        self.eval()
 
     def load_checkpoint(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load a ModelScope/OFA-Sys state dict unchanged; list every missing, unexpected or
@@ -94,6 +89,20 @@ class OfaVisualEntailmentModel(nn.Module):
                 for n in names:
                     filled.setdefault(n, filled[present[0]])
         return filled
+
+
+
+class OfaVisualEntailmentModel(OfaModel):
+    # Input and output names of the exported graph; the Triton models use the same names.
+    INPUT_NAMES = ("input_ids", "patch_images", "decoder_input_ids")
+    OUTPUT_NAMES = ("answer_scores",)
+
+    def __init__(self, arch: OfaArchitecture, answer_token_ids: Sequence[int]):
+        super().__init__(arch)
+        self.register_buffer("answer_token_ids", torch.tensor(list(answer_token_ids),
+                                                              dtype=torch.long),
+                             persistent=False)
+        self.eval()
 
     def forward(self, input_ids: Tensor, patch_images: Tensor, decoder_input_ids: Tensor) -> Tensor:
         """input_ids [B, L] int64, right-padded with pad_token_id;

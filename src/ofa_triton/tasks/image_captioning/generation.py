@@ -1,0 +1,40 @@
+"""Captions as ModelScope's OfaForAllTasks makes them: the prompt, beam search over the cached
+decoder, the best hypothesis decoded and its punctuation removed (English)."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+import torch
+
+from ...beam_search import GenerationSettings, Hypothesis, SpecialTokens, beam_search
+from ...modeling.generation import CachedDecoding, OfaGenerationModel
+from ...text import OfaTextEncoder
+
+# ModelScope's captioning prompt (cfg.model.prompt overrides it).
+CAPTION_PROMPT = " what does the image describe?"
+_NO_PUNCTUATION = str.maketrans({mark: None for mark in string.punctuation})
+
+
+def caption_text(text: OfaTextEncoder, tokens: Sequence[int]) -> str:
+    """OfaForAllTasks: batch_decode(skip_special_tokens=True), strip, then (English) every
+    punctuation character removed and strip again."""
+    return text.decode(list(tokens)).strip().translate(_NO_PUNCTUATION).strip()
+
+
+def special_tokens(text: OfaTextEncoder) -> SpecialTokens:
+    return SpecialTokens(bos=text.bos_id, pad=text.pad_id, eos=text.eos_id,
+                         unk=text.tokenizer.token_to_id("<unk>"))
+
+
+def generate(model: OfaGenerationModel, input_ids: torch.Tensor, patch_images: torch.Tensor,
+             settings: GenerationSettings, special: SpecialTokens) -> list[list[Hypothesis]]:
+    """Beam search for a batch of requests, all through one decoder step per position."""
+    source_length = input_ids.shape[1]
+    max_len = settings.max_len(source_length)
+    with torch.inference_mode():
+        cache = model.start(input_ids, patch_images, max_len + 1)
+        decoding = CachedDecoding(model, cache, settings.temperature, settings.allowed)
+        return beam_search(decoding, input_ids.shape[0], source_length, settings, special,
+                           model.arch.vocab_size, device=input_ids.device)
