@@ -40,9 +40,10 @@ $(REF_STAMP): export/reference/requirements.txt export/reference/setup.sh
 
 reference-env: $(REF_STAMP)
 
-# Regenerate tests/golden/* with ModelScope's own pipeline.
+# Regenerate tests/golden/* with ModelScope's own pipelines (visual entailment, captioning).
 goldens: $(REF_STAMP)
 	.venv-ref/bin/python tests/golden/make_goldens.py
+	.venv-ref/bin/python tests/golden/make_caption_goldens.py
 
 # Triton (fp32, and the opt-in int8 export beside it) against the ModelScope-pipeline service
 # and the eager PyTorch service, side by side (OFA-tiny architecture, 256 px; about 11 minutes

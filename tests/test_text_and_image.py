@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ofa_triton import text
-from ofa_triton.tasks.visual_entailment import preprocessing
+from ofa_triton.tasks import preprocessing
 from ofa_triton.image import ImageDecodeError, ImageTransform, decode_image
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor
 from ofa_triton.tasks.visual_entailment.prompts import build_prompt

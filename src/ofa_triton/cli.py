@@ -1,4 +1,4 @@
-"""``ofa-triton``: export OFA checkpoints for Triton, serve them, and query the service."""
+"""``ofa-triton``: export OFA checkpoints for Triton, serve them, and query the services."""
 
 from __future__ import annotations
 
@@ -126,6 +126,29 @@ def _predict(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(prediction.to_dict(), indent=2))
     return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import PredictionError
+    from .tasks.image_captioning.client import ImageCaptionClient
+
+    with ImageCaptionClient(args.url, args.protocol, model_name=args.model,
+                            timeout=args.timeout) as client:
+        results = client.caption_many(args.image, concurrency=args.concurrency,
+                                      return_exceptions=True)
+    failed = 0
+    for image, result in zip(args.image, results):
+        if isinstance(result, PredictionError):
+            failed += 1
+            print(json.dumps({"image": image, "error": str(result), "status": result.status}))
+        elif isinstance(result, Exception):
+            failed += 1
+            print(json.dumps({"image": image, "error": f"{type(result).__name__}: {result}"}))
+        else:
+            print(json.dumps({"image": image, "caption": result}))
+    return 1 if failed else 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -297,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--concurrency", type=int, default=16)
     predict.add_argument("--timeout", type=float, default=60.0)
     predict.set_defaults(handler=_predict)
+
+    caption = commands.add_parser("caption", help="ask a running server for captions (image "
+                                  "captioning exports); prints one JSON line per image")
+    caption.add_argument("image", nargs="+",
+                         help="paths, http(s) URLs, data: URLs or base64 of the images")
+    caption.add_argument("--url", default=None,
+                         help="host:port (default localhost:8000 for http, :8001 for grpc)")
+    caption.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    caption.add_argument("--model", default="ofa_image_caption",
+                         help="the ensemble to ask (with an export's --name-prefix, that prefix "
+                         "+ ofa_image_caption)")
+    caption.add_argument("--concurrency", type=int, default=16)
+    caption.add_argument("--timeout", type=float, default=60.0)
+    caption.set_defaults(handler=_caption)
 
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")

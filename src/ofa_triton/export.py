@@ -85,7 +85,10 @@ def load_checkpoint(source: str | Path, task: str | None = None,
                     **setting_overrides: Any) -> LoadedCheckpoint:
     """Open, check and load a checkpoint into its task's PyTorch modules (the one way every
     caller does it: exporter, tests, baselines)."""
-    checkpoint = open_checkpoint(source, task, **setting_overrides)
+    return load_opened(open_checkpoint(source, task, **setting_overrides))
+
+
+def load_opened(checkpoint: OfaCheckpoint) -> LoadedCheckpoint:
     text = text_encoder(checkpoint)
     model, settings = checkpoint.task.load(checkpoint, text)
     return LoadedCheckpoint(checkpoint, text, model, settings)
@@ -153,10 +156,17 @@ def export_repository(source: str | Path, repository: str | Path, *,
     export record. ``calibration_images``: a directory of typical request images for
     ``precision="int8"`` (default: generated ones)."""
     device = options.device
+    progress(f"[1/4] loading checkpoint {source}")
+    checkpoint = open_checkpoint(source, task, **setting_overrides)   # no weights yet
+    supported = checkpoint.task.runtimes
     precision = precision or DEFAULT_PRECISION[device]
-    runtime = runtime or DEFAULT_RUNTIME[device]
+    runtime = runtime or (DEFAULT_RUNTIME[device] if DEFAULT_RUNTIME[device] in supported
+                          else supported[0])
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if runtime not in supported:
+        raise ValueError(f"{checkpoint.task.name} is served by --runtime "
+                         f"{' or '.join(supported)}, not {runtime}")
     if precision == "int8" and device != "cpu":
         raise ValueError("--precision int8 is for --device cpu (onnxruntime's CPU int8 "
                          "kernels); on a GPU export fp16")
@@ -174,9 +184,8 @@ def export_repository(source: str | Path, repository: str | Path, *,
     repository = Path(repository)
     check_output_directory(repository)
 
-    progress(f"[1/4] loading checkpoint {source}")
-    loaded = load_checkpoint(source, task, **setting_overrides)
-    names = options.names(loaded.checkpoint.task.name)
+    loaded = load_opened(checkpoint)
+    names = options.names(checkpoint.task.name)
     if version is None:
         version = max(existing_versions(repository, names), default=0) + 1
     if version < 1:
@@ -188,7 +197,6 @@ def export_repository(source: str | Path, repository: str | Path, *,
     # A new repository serves this version; in an existing one what serves stays (switch
     # with ofa-triton deploy).
     served = read_served_versions(repository, names.ensemble) or ServedVersions(version)
-    checkpoint = loaded.checkpoint
     arch = checkpoint.architecture
     progress(f"      {checkpoint.task.name}, {checkpoint.layout} layout, "
              f"d_model={arch.d_model}, {arch.encoder_layers}+{arch.decoder_layers} layers, "

@@ -21,14 +21,15 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .limits import InputLimits
+from .runtime import RequestError
 
 # OFA's two normalizations: 0.5/0.5 unless the config sets imagenet_default_mean_and_std.
 OFA_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-class ImageDecodeError(ValueError):
-    """The bytes are not an image this service accepts."""
+class ImageDecodeError(RequestError):
+    """The bytes are not an image this service accepts (a bad request: INVALID_ARG)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,48 @@ def split_rows(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return np.split(array, np.cumsum(sizes)[:-1])
 
 
+# --- what every Triton model's execute() does with its requests (pb_utils is the backend's
+# triton_python_backend_utils, passed in so that this module imports without it) ---------------
+
+def respond_each(pb_utils, requests: Sequence, handle: Callable, what: str) -> list:
+    """Requests handled one by one (``handle(request) -> {output name: array}``): a bad one
+    (RequestError) gets its own INVALID_ARG error, any other failure its own internal error,
+    and the other requests of the dynamic batch are answered normally."""
+    responses = []
+    for request in requests:
+        try:
+            outputs = handle(request)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, value) for name, value in outputs.items()]))
+        except RequestError as error:
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                str(error), pb_utils.TritonError.INVALID_ARG)))
+        except Exception as error:  # never let one request fail the batch
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"{what} failed: {type(error).__name__}: {error}")))
+    return responses
+
+
+def respond_batched(pb_utils, requests: Sequence, inputs: Sequence[str], compute: Callable,
+                    what: str) -> list:
+    """All requests of a dynamic batch as one batch: ``compute({input: [rows, ...]}) ->
+    {output name: [rows, ...]}``, split back per request. A failure fails every request of the
+    batch with its message, never an escaped exception."""
+    try:
+        batch, sizes = concat_batches([
+            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in inputs}
+            for r in requests])
+        outputs = {name: split_rows(np.ascontiguousarray(value), sizes)
+                   for name, value in compute(batch).items()}
+    except Exception as error:
+        message = f"{what} failed: {type(error).__name__}: {error}"
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                for _ in requests]
+    return [pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, parts[index]) for name, parts in outputs.items()])
+            for index in range(len(requests))]
+
+
 TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
 
 
@@ -69,6 +111,8 @@ def trim_padding(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, n
     decoder), so the encoder-decoder need not compute it."""
     trimmed = dict(batch)
     for name in TOKEN_INPUTS:
+        if name not in batch:
+            continue
         ids = batch[name]
         used = np.flatnonzero((ids != pad_token_id).any(axis=0))
         width = int(used[-1]) + 1 if used.size else 1

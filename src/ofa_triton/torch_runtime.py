@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .modeling import OfaArchitecture, OfaVisualEntailmentModel
+from .modeling.model import OfaModel
 from .runtime import TORCH_COMPILE_MODES, trim_padding
 from .settings import ServingSettings
 
@@ -45,7 +46,7 @@ INPUT_NAMES = OfaVisualEntailmentModel.INPUT_NAMES
 DERIVED_BUFFERS = ("image_rp_bucket", "token_rp_bucket", "image_position_idx")
 
 
-def write_torch_model(model: OfaVisualEntailmentModel, directory: Path, precision: str) -> None:
+def write_torch_model(model: OfaModel, directory: Path, precision: str) -> None:
     """The module's weights in ``precision`` and its architecture, into ``directory``."""
     import copy
 
@@ -69,18 +70,41 @@ def write_torch_model(model: OfaVisualEntailmentModel, directory: Path, precisio
     (directory / ARCHITECTURE_FILE).write_text(json.dumps(model.arch.to_dict(), indent=2) + "\n")
 
 
-def load_torch_model(directory: Path, device: torch.device | str = "cpu") -> OfaVisualEntailmentModel:
-    """The module from ``directory`` on ``device``, in the precision it was exported in."""
+def instance_device(instance_kind: str, device_id: int, threads: int = 0,
+                    device: str = "") -> torch.device:
+    """The device of a Triton model instance: ``cuda:<device_id>`` for KIND_GPU (or an explicit
+    ``device``, whatever the kind), else the CPU with ``threads`` threads (0: torch's default)."""
+    if device.startswith("cuda"):
+        instance_kind, device_id = "GPU", torch.device(device).index or 0
+    if instance_kind.upper() == "GPU":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"this instance is KIND_GPU but torch {torch.__version__} sees no CUDA device "
+                "(a CPU build of torch, or no driver in this container); install a CUDA build "
+                "of torch or export with --device cpu")
+        chosen = torch.device("cuda", device_id)
+        torch.cuda.set_device(chosen)
+        return chosen
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device("cpu")
+
+
+def read_architecture(directory: Path) -> OfaArchitecture:
+    return OfaArchitecture.from_config_dict(
+        json.loads((Path(directory) / ARCHITECTURE_FILE).read_text()))
+
+
+def load_weights(model: OfaModel, directory: Path, device: torch.device | str = "cpu") -> OfaModel:
+    """``model`` (any of the tasks' modules, built from ``read_architecture``) with the weights
+    of ``directory``, on ``device``, in the precision they were exported in."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+    path = Path(directory) / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as handle:
         precision = (handle.metadata() or {}).get("precision", "fp32")
-    arch = OfaArchitecture.from_config_dict(json.loads((directory / ARCHITECTURE_FILE).read_text()))
-    settings = ServingSettings.read(directory)
-    model = OfaVisualEntailmentModel(arch, settings.answer_token_ids)
-    state = load_file(str(directory / WEIGHTS_FILE))
+    state = load_file(str(path))
     for name, buffer in model.state_dict().items():
         if name.rsplit(".", 1)[-1] in DERIVED_BUFFERS:
             state.setdefault(name, buffer)
@@ -88,6 +112,14 @@ def load_torch_model(directory: Path, device: torch.device | str = "cpu") -> Ofa
     model.to(device=device, dtype=DTYPES[precision])
     model.requires_grad_(False)
     return model.eval()
+
+
+def load_torch_model(directory: Path, device: torch.device | str = "cpu") -> OfaVisualEntailmentModel:
+    """Visual entailment's scorer from ``directory`` (its answers' token ids from the
+    settings there)."""
+    model = OfaVisualEntailmentModel(read_architecture(directory),
+                                     ServingSettings.read(directory).answer_token_ids)
+    return load_weights(model, directory, device)
 
 
 @dataclasses.dataclass
@@ -109,20 +141,7 @@ class TorchEncoderDecoder:
                  compile_mode: str = "none", device: str = ""):
         version_dir = Path(version_dir)
         self.settings = ServingSettings.read(version_dir)
-        if device.startswith("cuda"):   # an explicit GPU, whatever the instance kind
-            instance_kind, device_id = "GPU", torch.device(device).index or 0
-        if instance_kind.upper() == "GPU":
-            if not torch.cuda.is_available():
-                raise RuntimeError(
-                    f"this instance is KIND_GPU but torch {torch.__version__} sees no CUDA "
-                    "device (a CPU build of torch, or no driver in this container); install a "
-                    "CUDA build of torch or export with --device cpu")
-            self.device = torch.device("cuda", device_id)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
-            if threads:
-                torch.set_num_threads(threads)
+        self.device = instance_device(instance_kind, device_id, threads, device)
         if compile_mode not in TORCH_COMPILE_MODES:
             raise ValueError(f"torch_compile must be one of {TORCH_COMPILE_MODES}, not "
                              f"{compile_mode!r}")
@@ -230,8 +249,6 @@ def validate_torch_model(reference: OfaVisualEntailmentModel, directory: Path, p
     in fp32 takes seconds per sample on a CPU); the reference goes back to the CPU after."""
     import time
 
-    from .onnx_export import VALIDATION_TOLERANCE, ExportValidationError
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     model = load_torch_model(directory, device)
@@ -246,13 +263,24 @@ def validate_torch_model(reference: OfaVisualEntailmentModel, directory: Path, p
     finally:
         reference.to("cpu")
         del model
+    return validation_report(worst, precision, device, started, "PyTorch weights",
+                             batches=[len(b["input_ids"]) for b in inputs])
+
+
+def validation_report(worst: float, precision: str, device: torch.device, started: float,
+                      what: str, **figures) -> dict:
+    """The export record's validation figures of weights for the PyTorch runtime; raises when
+    ``worst`` (the largest log-probability difference to the fp32 module) is over the
+    precision's tolerance."""
+    import time
+
+    from .onnx_export import VALIDATION_TOLERANCE, ExportValidationError
+
     tolerance = VALIDATION_TOLERANCE[precision]
-    report = {"precision": precision, "runtime": "torch", "device": str(device),
-              "torch": torch.__version__, "batches": [len(b["input_ids"]) for b in inputs],
-              "max_abs_diff_log_prob": worst, "tolerance": tolerance,
-              "seconds": round(time.perf_counter() - started, 3)}
     if not worst <= tolerance:
         raise ExportValidationError(
-            f"the {precision} PyTorch weights differ from the fp32 module by {worst:.3g} "
-            f"(tolerance {tolerance}); do not serve them")
-    return report
+            f"the {precision} {what} differ from the fp32 module by {worst:.3g} in "
+            f"log-probability (tolerance {tolerance}); do not serve them")
+    return {"precision": precision, "runtime": "torch", "device": str(device),
+            "torch": torch.__version__, **figures, "max_abs_diff_log_prob": worst,
+            "tolerance": tolerance, "seconds": round(time.perf_counter() - started, 3)}

@@ -4,10 +4,12 @@ templates under model_repository/, and one line below."""
 from __future__ import annotations
 
 from .base import OfaTask, TaskSettings
+from .image_captioning import ImageCaptioning
 from .visual_entailment import VisualEntailment
 
 TASKS: dict[str, OfaTask] = {task.name: task for task in (
     VisualEntailment(),
+    ImageCaptioning(),
 )}
 DEFAULT_TASK = "visual-entailment"
 

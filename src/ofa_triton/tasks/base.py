@@ -72,6 +72,9 @@ class OfaTask:
     # The Triton model that holds the exported encoder-decoder (graphs or weights).
     encoder_decoder_model: ClassVar[str]
     settings_class: ClassVar[type[TaskSettings]]
+    # The runtimes this task's encoder-decoder exports for, the default first where the
+    # device's default (export.DEFAULT_RUNTIME) is not among them.
+    runtimes: ClassVar[tuple[str, ...]] = ("onnxruntime", "torch")
     # Settings that decide the configs' tensor shapes, which every version of a model shares.
     shape_settings: ClassVar[tuple[str, ...]] = ("patch_image_size", "max_src_length")
 

@@ -11,12 +11,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import verify_version_directory
-from ofa_triton.runtime import (
-    RuntimeParameters,
-    concat_batches,
-    open_encoder_decoder,
-    split_rows,
-)
+from ofa_triton.runtime import RuntimeParameters, open_encoder_decoder, respond_batched
 from ofa_triton.warmup import warm_up
 
 INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
@@ -37,14 +32,6 @@ class TritonPythonModel:
                                  f"warmed up in {seconds * 1000:.0f} ms")
 
     def execute(self, requests):
-        try:
-            batch, sizes = concat_batches([
-                {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in INPUTS}
-                for r in requests])
-            scores = split_rows(self.encoder_decoder(batch), sizes)
-        except Exception as error:  # one error per request, never an escaped exception
-            message = f"encoder-decoder failed: {type(error).__name__}: {error}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-                    for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("answer_scores", s)])
-                for s in scores]
+        return respond_batched(pb_utils, requests, INPUTS,
+                               lambda batch: {"answer_scores": self.encoder_decoder(batch)},
+                               "encoder-decoder")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ...beam_search import GenerationSettings, Hypothesis, SpecialTokens, beam_search
 from ...modeling.generation import CachedDecoding, OfaGenerationModel
 from ...text import OfaTextEncoder
+from . import caption_length
 
-# ModelScope's captioning prompt (cfg.model.prompt overrides it).
-CAPTION_PROMPT = " what does the image describe?"
 _NO_PUNCTUATION = str.maketrans({mark: None for mark in string.punctuation})
 
 
@@ -26,6 +26,20 @@ def caption_text(text: OfaTextEncoder, tokens: Sequence[int]) -> str:
 def special_tokens(text: OfaTextEncoder) -> SpecialTokens:
     return SpecialTokens(bos=text.bos_id, pad=text.pad_id, eos=text.eos_id,
                          unk=text.tokenizer.token_to_id("<unk>"))
+
+
+def caption_tokens(hypotheses: list[list[Hypothesis]], settings, pad_token_id: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's best hypothesis as a fixed-width row of token ids (pad after eos), and
+    its score: the generator's outputs."""
+    width = caption_length(settings)
+    tokens = np.full((len(hypotheses), width), pad_token_id, dtype=np.int64)
+    scores = np.zeros(len(hypotheses), dtype=np.float32)
+    for row, sentence in enumerate(hypotheses):
+        best = sentence[0]
+        tokens[row, :len(best.tokens)] = best.tokens
+        scores[row] = best.score
+    return tokens, scores
 
 
 def generate(model: OfaGenerationModel, input_ids: torch.Tensor, patch_images: torch.Tensor,

@@ -11,14 +11,11 @@ here, the image where it is decoded.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
-from ...image import ImageTransform, decode_image
 from ...limits import check_texts
-from ...settings import ServingSettings
-from ...text import OfaTextEncoder
+from ..preprocessing import ImagePromptPreprocessor
 from .prompts import PromptTemplates, build_prompt
 
 
@@ -31,31 +28,12 @@ class ModelInputs:
     decoder_input_ids: np.ndarray  # int64 [max_src_length + 1], pad-filled
 
 
-class VisualEntailmentPreprocessor:
-    """Built once per model instance (tokenizer construction is not per request)."""
-
-    def __init__(self, settings: ServingSettings, vocab_file: str | Path, merges_file: str | Path):
-        task = settings.task
-        self.settings = settings
-        self.limits = settings.limits
-        self.text = OfaTextEncoder(vocab_file, merges_file, max_src_length=task.max_src_length,
-                                   prompt_type=task.prompt_type)
+class VisualEntailmentPreprocessor(ImagePromptPreprocessor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        task = self.settings.task
         self.templates = PromptTemplates(task.hypothesis_prompt, task.premise_prompt)
-        self.transform = ImageTransform(task.patch_image_size, tuple(task.mean), tuple(task.std))
-        self.source_length = task.max_src_length + 2
         self.decoder_length = task.max_src_length + 1
-
-    @classmethod
-    def from_directory(cls, directory: str | Path) -> "VisualEntailmentPreprocessor":
-        """The layout the exporter writes: ofa_settings.json, vocab.json, merges.txt."""
-        directory = Path(directory)
-        return cls(ServingSettings.read(directory), directory / "vocab.json",
-                   directory / "merges.txt")
-
-    def _padded(self, ids: list[int], length: int) -> np.ndarray:
-        out = np.full(length, self.settings.pad_token_id, dtype=np.int64)
-        out[:len(ids)] = ids
-        return out
 
     def source_ids(self, hypothesis: str, premise: str | None) -> list[int]:
         """The encoder's token ids, unpadded (``premise=None``: the hypothesis-only prompt)."""
@@ -66,10 +44,7 @@ class VisualEntailmentPreprocessor:
         """An empty premise means the hypothesis-only prompt, like an absent one."""
         source = self.source_ids(hypothesis, premise or None)
         decoder = self.text.decoder_prompt_ids(source)
-        return self._padded(source, self.source_length), self._padded(decoder, self.decoder_length)
-
-    def image_inputs(self, image_bytes: bytes) -> np.ndarray:
-        return self.transform(decode_image(image_bytes, self.limits))
+        return self.padded(source, self.source_length), self.padded(decoder, self.decoder_length)
 
     def tensors(self, image_bytes: bytes, hypothesis: str, premise: str | None) -> ModelInputs:
         """ModelScope's preprocessing of any texts (blank ones too); only the image limits."""

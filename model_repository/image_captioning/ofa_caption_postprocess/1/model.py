@@ -1,0 +1,35 @@
+"""Triton adapter: caption tokens -> the caption, exactly as ModelScope words it
+(ofa_triton.tasks.image_captioning.generation.caption_text)."""
+
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ofa_triton.manifest import verify_version_directory
+from ofa_triton.runtime import respond_each
+from ofa_triton.settings import ServingSettings
+from ofa_triton.tasks.image_captioning.generation import caption_text
+from ofa_triton.text import OfaTextEncoder
+from ofa_triton.warmup import warm_up
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        settings = ServingSettings.read(version_dir).task
+        self.text = OfaTextEncoder(version_dir / "vocab.json", version_dir / "merges.txt",
+                                   max_src_length=settings.max_src_length,
+                                   prompt_type=settings.prompt_type)
+        seconds = warm_up(args, lambda sample: self._captions(sample["caption_tokens"]))
+        pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")
+
+    def _captions(self, tokens):
+        return np.array([[caption_text(self.text, row.tolist()).encode("utf-8")]
+                         for row in tokens], dtype=np.object_)
+
+    def execute(self, requests):
+        return respond_each(pb_utils, requests, lambda request: {"caption": self._captions(
+            pb_utils.get_input_tensor_by_name(request, "caption_tokens").as_numpy())},
+            "postprocessing")
