@@ -89,7 +89,7 @@ SCORE_TOLERANCE = 2e-5   # beam scores (sums of log-probabilities over up to 17 
 
 
 def _check_against_goldens(cases, results, text):
-    from ofa_triton.tasks.image_captioning.generation import caption_text
+    from ofa_triton.tasks.image_captioning import caption_text
 
     for case, hypotheses in zip(cases, results):
         # Exactly ModelScope's caption, and every finished hypothesis in its order.
@@ -142,7 +142,8 @@ def test_decode_is_modelscopes_slow_tokenizer(golden):
 @pytest.fixture(scope="module")
 def shared_repository(tmp_path_factory, checkpoint_dirs):
     """One repository with visual entailment and both captioning checkpoints side by side (the
-    variant under a name prefix); captioning checkpoints exported with their default runtime."""
+    variant under a name prefix): the tiny one for onnxruntime (the CPU default), the variant
+    for the PyTorch runtime, so that the server runs both."""
     from ofa_triton.export import export_repository
     from ofa_triton.triton_config import ServingOptions
 
@@ -150,10 +151,12 @@ def shared_repository(tmp_path_factory, checkpoint_dirs):
     repository = root / "repository"
     export_repository(checkpoint_dirs["tiny"], repository, progress=lambda _: None)
     records = {}
-    for name, prefix in (("caption_tiny", ""), ("caption_variant", "variant_")):
+    for name, prefix, runtime in (("caption_tiny", "", None),
+                                  ("caption_variant", "variant_", "torch")):
         checkpoint = generate_tiny_checkpoint(root / name, **CAPTION_CHECKPOINTS[name])
         records[name] = export_repository(checkpoint, repository, progress=lambda _: None,
-                                          options=ServingOptions(name_prefix=prefix))
+                                          options=ServingOptions(name_prefix=prefix),
+                                          runtime=runtime)
     return repository, records
 
 
@@ -175,8 +178,11 @@ def test_export_reads_the_task_and_writes_its_models(shared_repository):
             "ofa_image_caption"))])
     record = records["caption_tiny"]
     assert record["export"]["task"] == "image-captioning"
-    assert record["export"]["runtime"] == "torch"       # the task's only runtime so far
+    assert record["export"]["runtime"] == "onnxruntime"   # the CPU default
     assert record["validation"]["max_abs_diff_log_prob"] <= 1e-4
+    assert record["validation"]["sample_captions_equal"]
+    assert set(record["validation"]["graphs"]) == {"encoder.onnx", "decoder_step.onnx"}
+    assert records["caption_variant"]["export"]["runtime"] == "torch"
     config = (repository / "ofa_caption_generator" / "config.pbtxt").read_text()
     assert "dims: [ 17 ]" in config                     # max_len_b 16 + eos
     config = (repository / "variant_ofa_caption_generator" / "config.pbtxt").read_text()
@@ -246,3 +252,15 @@ def test_cli_captions_images_and_names_the_ones_it_cannot_read(caption_server, t
     assert result.returncode == 1, result.stderr
     assert lines[0] == {"image": str(image), "caption": case["caption"]}
     assert "missing.jpg" in lines[1]["image"] and "not a file" in lines[1]["error"]
+
+
+def test_onnx_graphs_are_fp32_only(tmp_path):
+    from ofa_triton.export import export_repository
+
+    checkpoint = generate_tiny_checkpoint(tmp_path / "c", **CAPTION_CHECKPOINTS["caption_tiny"])
+    with pytest.raises(ValueError, match="graphs are fp32.*--runtime torch"):
+        export_repository(checkpoint, tmp_path / "r", precision="fp16",
+                          runtime="onnxruntime", progress=lambda _: None)
+    with pytest.raises(ValueError, match="int8 is for --device cpu|--runtime"):
+        export_repository(checkpoint, tmp_path / "r2", precision="int8", runtime="torch",
+                          progress=lambda _: None)

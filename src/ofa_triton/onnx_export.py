@@ -130,13 +130,14 @@ def _session(path: Path, providers: list[str]):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def validate_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, path: Path,
-                  precision: str, providers: list[str] | None = None,
-                  batches: tuple[int, ...] = (1, 3),
+def validate_onnx(model, config, path: Path, precision: str,
+                  providers: list[str] | None = None, batches: tuple[int, ...] = (1, 3),
                   inputs: list[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
-    """Run the graph and the PyTorch module on the same inputs (``inputs``, or random ones in
-    ``batches``); raise if they differ by more than VALIDATION_TOLERANCE[precision]. Returns
-    the figures for the export record."""
+    """Run the graph and the PyTorch module (returning ``config.output_names`` in order) on
+    the same inputs (``inputs``, or ``config.random_inputs`` in ``batches``): every output must
+    have the module's shape, infinities where the module has them, and values within
+    VALIDATION_TOLERANCE[precision] (relative to the output's largest value for the outputs in
+    ``config.relative_outputs``). Returns the figures for the export record."""
     import torch
 
     providers = providers or ["CPUExecutionProvider"]
@@ -147,16 +148,34 @@ def validate_onnx(model: OfaVisualEntailmentModel, config: OnnxExportConfig, pat
         inputs = [config.random_inputs(batch, seed=100 + index)
                   for index, batch in enumerate(batches)]
     for batch_inputs in inputs:
-        (graph_scores,) = session.run(list(config.output_names), batch_inputs)
+        graph_outputs = session.run(list(config.output_names), batch_inputs)
         with torch.no_grad():
-            torch_scores = model(*(torch.from_numpy(batch_inputs[n])
-                                   for n in config.input_names))
-        worst = max(worst, float(np.abs(graph_scores - torch_scores.numpy()).max()))
+            module_outputs = model(*(torch.from_numpy(batch_inputs[n])
+                                     for n in config.input_names))
+        if isinstance(module_outputs, torch.Tensor):
+            module_outputs = (module_outputs,)
+        for name, got, expected in zip(config.output_names, graph_outputs, module_outputs):
+            expected = expected.float().numpy()
+            # Checked first: a wrong shape could broadcast into a small difference.
+            if got.shape != expected.shape or not np.array_equal(np.isinf(got),
+                                                                 np.isinf(expected)):
+                raise ExportValidationError(
+                    f"the {precision} ONNX graph's {name} has shape {list(got.shape)} and "
+                    f"{int(np.isinf(got).sum())} infinities, the module's {list(expected.shape)} "
+                    f"and {int(np.isinf(expected).sum())}; do not serve it")
+            finite = np.isfinite(expected)
+            if finite.any():
+                difference = float(np.abs(got[finite] - expected[finite]).max())
+                if name in getattr(config, "relative_outputs", ()):
+                    # Hidden states and caches: relative to their scale, which grows with the
+                    # model, unlike log-probabilities.
+                    difference /= max(1.0, float(np.abs(expected[finite]).max()))
+                worst = max(worst, difference)
     tolerance = VALIDATION_TOLERANCE[precision]
     report = {
         "precision": precision,
         "providers": session.get_providers(),
-        "batches": [len(batch_inputs["input_ids"]) for batch_inputs in inputs],
+        "batches": [len(batch_inputs[config.input_names[0]]) for batch_inputs in inputs],
         "max_abs_diff_log_prob": worst,
         "tolerance": tolerance,
         "seconds": round(time.perf_counter() - started, 3),

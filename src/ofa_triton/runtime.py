@@ -133,6 +133,20 @@ def require_cuda(session_providers: Sequence[str], device_id: int) -> None:
             "(docker-compose.yml); onnxruntime.print_debug_info() lists what it looked for")
 
 
+def session_options(intra_op_threads: int = 0):
+    """onnxruntime's options for a serving session: every graph optimization, ``threads``
+    (0: one per core), and no busy-waiting between operators: on a CPU host the
+    preprocessing stubs need those cycles."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
 class EncoderDecoderSession:
     """The exported scorer in onnxruntime, on the device Triton gave this model instance.
     Called with a batch padded to the configs' fixed lengths; trims the padding itself when
@@ -142,13 +156,7 @@ class EncoderDecoderSession:
                  intra_op_threads: int = 0, pad_token_id: int | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = intra_op_threads
-        # No busy-waiting between operators: on a CPU host the preprocessing stubs need
-        # those cycles.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        options = session_options(intra_op_threads)
         gpu = instance_kind.upper() == "GPU"
         if gpu:
             available = ort.get_available_providers()

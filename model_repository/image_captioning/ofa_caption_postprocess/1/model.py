@@ -1,5 +1,5 @@
 """Triton adapter: caption tokens -> the caption, exactly as ModelScope words it
-(ofa_triton.tasks.image_captioning.generation.caption_text)."""
+(ofa_triton.tasks.image_captioning.caption_text)."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 from ofa_triton.manifest import verify_version_directory
 from ofa_triton.runtime import respond_each
 from ofa_triton.settings import ServingSettings
-from ofa_triton.tasks.image_captioning.generation import caption_text
+from ofa_triton.tasks.image_captioning import caption_text
 from ofa_triton.text import OfaTextEncoder
 from ofa_triton.warmup import warm_up
 

@@ -12,7 +12,8 @@ This folder and ``model_repository/image_captioning/`` hold everything of the ta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,6 @@ class ImageCaptioning(OfaTask):
     tokenizer_models = ("ofa_caption_preprocess", "ofa_caption_postprocess")
     encoder_decoder_model = "ofa_caption_generator"
     settings_class = CaptioningSettings
-    # The encoder and decoder-step graphs for onnxruntime are not written yet.
-    runtimes = ("torch",)
 
     def defaults(self) -> dict[str, Any]:
         return dict(RELEASED_SETTINGS)
@@ -104,3 +103,14 @@ def caption_length(settings: CaptioningSettings) -> int:
     """The longest caption in tokens, eos included: ModelScope's max_len + 1, max_len from the
     prompt's length."""
     return settings.generation.max_len(settings.prompt_length) + 1
+
+
+_NO_PUNCTUATION = str.maketrans({mark: None for mark in string.punctuation})
+
+
+def caption_text(text, tokens: Sequence[int]) -> str:
+    """A caption's ids -> the caption, as OfaForAllTasks words it: ``text`` (an
+    OfaTextEncoder) decodes them as ModelScope's tokenizer does, then strip, every punctuation
+    character removed (English), strip again. Here rather than in generation.py so that the
+    postprocessing model imports no torch."""
+    return text.decode(list(tokens)).strip().translate(_NO_PUNCTUATION).strip()

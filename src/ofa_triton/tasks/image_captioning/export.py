@@ -1,6 +1,7 @@
 """Image captioning's encoder-decoder: the generation module (``modeling.OfaGenerationModel``)
-loaded from a checkpoint, exported for the PyTorch runtime (weights), validated against the
-fp32 module, and the warmup sample of each of the task's Triton models."""
+loaded from a checkpoint, exported for onnxruntime (an encoder graph and a decoder-step graph,
+graphs.py) or the PyTorch runtime (weights), validated against the fp32 module, and the warmup
+sample of each of the task's Triton models."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ...modeling.generation import OfaGenerationModel
+from ...onnx_export import ExportValidationError
 from ...settings import ServingSettings
 from ...text import OfaTextEncoder
 from ...warmup import sample_image, serialize_strings, write_sample_files
@@ -88,11 +90,60 @@ def validate_generator(reference: OfaGenerationModel, directory: Path, precision
                              steps=expected.shape[1])
 
 
+def write_graphs(loaded: LoadedCheckpoint, directory: Path, precision: str,
+                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """The encoder and decoder-step graphs for onnxruntime in ``directory``, each validated
+    against the PyTorch module, then the whole beam search over them against the module's on
+    the sample image (the same captions, exactly)."""
+    from ...beam_search import beam_search
+    from ...onnx_export import export_onnx, validate_onnx
+    from . import caption_length
+    from .graphs import (ENCODER_GRAPH, STEP_GRAPH, EncoderGraph, EncoderGraphConfig,
+                         OnnxDecoding, StepGraph, StepGraphConfig, open_sessions)
+
+    if precision != "fp32":
+        raise ValueError(f"captioning's onnxruntime graphs are fp32 (onnxruntime serves them on "
+                         f"the CPU); for {precision} export --runtime torch")
+    settings = loaded.settings.task
+    model = loaded.model
+    encoder = EncoderGraph(model, caption_length(settings))
+    encoder_config = EncoderGraphConfig(settings.patch_image_size,
+                                        tuple(loaded.text.source_ids(settings.prompt)))
+    generation = settings.generation
+    step = StepGraph(model, generation.temperature, generation.allowed)
+    step_config = StepGraphConfig(encoder, encoder_config, model.arch.vocab_size)
+    validation = {}
+    for name, module, config in ((ENCODER_GRAPH, encoder, encoder_config),
+                                 (STEP_GRAPH, step, step_config)):
+        progress(f"[2/4] exporting {name} (opset {config.opset})")
+        export_onnx(module, config, directory / name, precision)
+        progress(f"[3/4] validating {name} against the PyTorch module with onnxruntime")
+        validation[name] = validate_onnx(module, config, directory / name, precision)
+    batch = _sample_batch(loaded)
+    special = special_tokens(loaded.text)
+    expected = generate(model, torch.from_numpy(batch["input_ids"]),
+                        torch.from_numpy(batch["patch_images"]), generation, special)
+    sessions = open_sessions(directory)
+    got = beam_search(OnnxDecoding(*sessions, batch["input_ids"], batch["patch_images"]),
+                      len(batch["input_ids"]), batch["input_ids"].shape[1], generation,
+                      special, model.arch.vocab_size)
+    if [[h.tokens for h in s] for s in got] != [[h.tokens for h in s] for s in expected]:
+        raise ExportValidationError("the beam search over the ONNX graphs does not find the "
+                                    "PyTorch module's captions for the sample image; do not "
+                                    "serve them")
+    worst = max(v["max_abs_diff_log_prob"] for v in validation.values())
+    return {"precision": precision, "runtime": "onnxruntime", "graphs": validation,
+            "max_abs_diff_log_prob": worst, "tolerance": validation[STEP_GRAPH]["tolerance"],
+            "sample_captions_equal": True}
+
+
 def write_generator(loaded: LoadedCheckpoint, directory: Path, *, runtime: str, precision: str,
                     progress: Callable[[str], None] = print) -> dict[str, Any]:
     """The generation module for ``runtime`` in ``directory``, validated."""
     from ...torch_runtime import write_torch_model
 
+    if runtime == "onnxruntime":
+        return write_graphs(loaded, directory, precision, progress)
     progress(f"[2/4] writing the {precision} weights for the PyTorch runtime (safetensors)")
     write_torch_model(loaded.model, directory, precision)
     progress("[3/4] validating the saved weights against the fp32 PyTorch module (each "

@@ -3,8 +3,6 @@ decoder, the best hypothesis decoded and its punctuation removed (English)."""
 
 from __future__ import annotations
 
-import string
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,13 +12,6 @@ from ...modeling.generation import CachedDecoding, OfaGenerationModel
 from ...text import OfaTextEncoder
 from . import caption_length
 
-_NO_PUNCTUATION = str.maketrans({mark: None for mark in string.punctuation})
-
-
-def caption_text(text: OfaTextEncoder, tokens: Sequence[int]) -> str:
-    """OfaForAllTasks: batch_decode(skip_special_tokens=True), strip, then (English) every
-    punctuation character removed and strip again."""
-    return text.decode(list(tokens)).strip().translate(_NO_PUNCTUATION).strip()
 
 
 def special_tokens(text: OfaTextEncoder) -> SpecialTokens:
