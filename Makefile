@@ -47,9 +47,10 @@ goldens: $(REF_STAMP)
 
 # Triton (fp32, and the opt-in int8 export beside it) against the ModelScope-pipeline service
 # and the eager PyTorch service, side by side (OFA-tiny architecture, 256 px; about 11 minutes
-# after the environments exist).
+# after the environments exist); then the same for image captioning (benchmarks/captioning.py).
 bench: $(STAMP) $(REF_STAMP)
 	$(PY) -m benchmarks.run --profile cpu
+	$(PY) -m benchmarks.captioning
 
 # The same comparison on a GPU host with a package registry and the reference environment:
 # OFA-large architecture, 480 px, fp16, the PyTorch runtime (the --device gpu default; PyPI's

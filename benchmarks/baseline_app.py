@@ -6,7 +6,10 @@
 ``modelscope``: ModelScope's own ``pipeline(Tasks.visual_entailment)`` per request, as seed
 users run it (run it with the reference environment's interpreter). ``eager``: this project's
 PyTorch module, unbatched, in the same shape, on the GPU when there is one (as ModelScope's
-pipeline is). Both: ``POST /predict`` with ``{"image_b64", "hypothesis", "premise"}``,
+pipeline is). ``modelscope-caption`` and ``eager-caption``: the same for image captioning
+(``pipeline(Tasks.image_captioning)``; this project's generation module and beam search).
+All: ``POST /predict`` with ``{"image_b64", "hypothesis", "premise"}`` (captioning reads the
+image only),
 answered under one lock, like the single-worker web app of the seed figure (1.8 s average
 latency, 11 req/s at 20 users for OFA-large). aiohttp, not FastAPI: it is in both the
 reference environment and the GPU machines' image, so one app serves every benchmark.
@@ -23,26 +26,55 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def modelscope_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
+Predict = Callable[[bytes, dict], dict]
+
+
+def _picture(image: bytes):
+    """What modelscope.preprocessors.image.load_image does with a file."""
+    from PIL import Image, ImageOps
+
+    return ImageOps.exif_transpose(Image.open(io.BytesIO(image))).convert("RGB")
+
+
+def modelscope_predictor(model_dir: str) -> Predict:
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
-    from PIL import Image, ImageOps
 
     pipe = pipeline(Tasks.visual_entailment, model=model_dir)
 
-    def predict(image: bytes, hypothesis: str, premise: str | None) -> dict:
-        # What modelscope.preprocessors.image.load_image does with a file.
-        picture = ImageOps.exif_transpose(Image.open(io.BytesIO(image))).convert("RGB")
-        data = {"image": picture, "text": hypothesis}
-        if premise:
-            data["text2"] = premise
+    def predict(image: bytes, body: dict) -> dict:
+        data = {"image": _picture(image), "text": body["hypothesis"]}
+        if body.get("premise"):
+            data["text2"] = body["premise"]
         result = pipe(data)
         return {"answer": result["labels"], "score": float(result["scores"])}
 
     return predict
 
 
-def eager_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
+def modelscope_caption_predictor(model_dir: str) -> Predict:
+    import types
+
+    # ModelScope's captioning pipeline imports open_clip when it loads; OFA never calls it.
+    sys.modules.setdefault("open_clip", types.ModuleType("open_clip"))
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    pipe = pipeline(Tasks.image_captioning, model=model_dir)
+
+    def predict(image: bytes, body: dict) -> dict:
+        return {"caption": pipe(_picture(image))["caption"][0]}
+
+    return predict
+
+
+def _device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"   # as ModelScope's pipeline does
+
+
+def eager_predictor(model_dir: str) -> Predict:
     import torch
 
     from ofa_triton.export import load_checkpoint
@@ -52,11 +84,11 @@ def eager_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
     loaded = load_checkpoint(model_dir)
     preprocessor = VisualEntailmentPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
                                                 loaded.checkpoint.merges_file)
-    device = "cuda" if torch.cuda.is_available() else "cpu"   # as ModelScope's pipeline does
+    device = _device()
     model = loaded.model.to(device)
 
-    def predict(image: bytes, hypothesis: str, premise: str | None) -> dict:
-        source = preprocessor.source_ids(hypothesis, premise or None)
+    def predict(image: bytes, body: dict) -> dict:
+        source = preprocessor.source_ids(body["hypothesis"], body.get("premise") or None)
         decoder = preprocessor.text.decoder_prompt_ids(source)
         pixels = torch.from_numpy(preprocessor.image_inputs(image))[None].to(device)
         with torch.inference_mode():
@@ -68,7 +100,37 @@ def eager_predictor(model_dir: str) -> Callable[[bytes, str, str | None], dict]:
     return predict
 
 
-def create_app(predict: Callable[[bytes, str, str | None], dict]):
+def eager_caption_predictor(model_dir: str) -> Predict:
+    """This project's generation module and beam search, one request at a time."""
+    import torch
+
+    from ofa_triton.export import load_checkpoint
+    from ofa_triton.tasks.image_captioning import caption_text
+    from ofa_triton.tasks.image_captioning.generation import generate, special_tokens
+    from ofa_triton.tasks.image_captioning.preprocessing import CaptionPreprocessor
+
+    loaded = load_checkpoint(model_dir)
+    preprocessor = CaptionPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
+                                       loaded.checkpoint.merges_file)
+    device = _device()
+    model = loaded.model.to(device)
+    source = torch.tensor([loaded.text.source_ids(loaded.settings.task.prompt)], device=device)
+
+    def predict(image: bytes, body: dict) -> dict:
+        pixels = torch.from_numpy(preprocessor.image_inputs(image))[None].to(device)
+        [hypotheses] = generate(model, source, pixels, loaded.settings.task.generation,
+                                special_tokens(loaded.text))
+        return {"caption": caption_text(loaded.text, hypotheses[0].tokens)}
+
+    return predict
+
+
+PREDICTORS = {"modelscope": modelscope_predictor, "eager": eager_predictor,
+              "modelscope-caption": modelscope_caption_predictor,
+              "eager-caption": eager_caption_predictor}
+
+
+def create_app(predict: Predict):
     import asyncio
 
     from aiohttp import web
@@ -82,13 +144,11 @@ def create_app(predict: Callable[[bytes, str, str | None], dict]):
         try:
             body = await request.json()
             image = base64.b64decode(body["image_b64"], validate=True)
-            hypothesis, premise = str(body["hypothesis"]), body.get("premise")
         except (ValueError, KeyError, TypeError) as error:
-            raise web.HTTPBadRequest(text=f"expected JSON with image_b64 (base64), hypothesis "
-                                     f"and optional premise: {error}") from None
+            raise web.HTTPBadRequest(text=f"expected JSON with image_b64 (base64) and the "
+                                     f"task's texts: {error}") from None
         async with one_at_a_time:
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, predict, image, hypothesis, premise)
+            result = await asyncio.get_running_loop().run_in_executor(None, predict, image, body)
         return web.json_response(result)
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -99,7 +159,7 @@ def create_app(predict: Callable[[bytes, str, str | None], dict]):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", choices=("modelscope", "eager"), required=True)
+    parser.add_argument("--kind", choices=sorted(PREDICTORS), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -110,8 +170,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    factory = modelscope_predictor if args.kind == "modelscope" else eager_predictor
-    web.run_app(create_app(factory(args.model)), host="127.0.0.1", port=args.port,
+    web.run_app(create_app(PREDICTORS[args.kind](args.model)), host="127.0.0.1", port=args.port,
                 print=None, access_log=None)
 
 

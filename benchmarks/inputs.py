@@ -39,17 +39,17 @@ def _length_prefixed_b64(value: bytes) -> dict:
     return {"b64": base64.b64encode(serialize_strings([value])).decode()}
 
 
-def write_perf_analyzer_inputs(requests: list[dict], path: Path) -> Path:
-    """One perf_analyzer "data" entry per request. The premise is always sent (an empty one
-    means hypothesis-only), because perf_analyzer needs the same inputs in every entry."""
+def write_perf_analyzer_inputs(requests: list[dict], path: Path,
+                               inputs: tuple[str, ...] = ("image", "hypothesis", "premise")
+                               ) -> Path:
+    """One perf_analyzer "data" entry per request, with the public model's ``inputs``
+    (captioning: the image only). The premise is always sent (an empty one means
+    hypothesis-only), because perf_analyzer needs the same inputs in every entry."""
     data = []
     for request in requests:
-        data.append({
-            "image": {"content": _length_prefixed_b64(request["image"]), "shape": [1]},
-            "hypothesis": {"content": _length_prefixed_b64(request["hypothesis"].encode()),
-                           "shape": [1]},
-            "premise": {"content": _length_prefixed_b64((request["premise"] or "").encode()),
-                        "shape": [1]},
-        })
+        values = {"image": request["image"], "hypothesis": request["hypothesis"].encode(),
+                  "premise": (request["premise"] or "").encode()}
+        data.append({name: {"content": _length_prefixed_b64(values[name]), "shape": [1]}
+                     for name in inputs})
     path.write_text(json.dumps({"data": data}))
     return path

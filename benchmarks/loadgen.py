@@ -35,9 +35,24 @@ class LoadResult:
         return dataclasses.asdict(self)
 
 
+def entailment_inputs(module, request: dict) -> list:
+    from ofa_triton.tasks.visual_entailment.client import build_inputs
+
+    return build_inputs(module, request["image"], request["hypothesis"], request["premise"])
+
+
+def caption_inputs(module, request: dict) -> list:
+    from ofa_triton.tasks.image_captioning.client import build_inputs
+
+    return build_inputs(module, request["image"])
+
+
 class TritonTarget:
-    def __init__(self, url: str, model: str = "ofa_visual_entailment", name: str = "triton"):
-        self.url, self.model, self.name = url, model, name
+    """``build(module, request)``: the request's input tensors (the public model's task)."""
+
+    def __init__(self, url: str, model: str = "ofa_visual_entailment", name: str = "triton",
+                 build=entailment_inputs):
+        self.url, self.model, self.name, self.build = url, model, name, build
 
     async def open(self):
         import tritonclient.http.aio as httpaio
@@ -49,11 +64,7 @@ class TritonTarget:
         await self._client.close()
 
     async def send(self, request: dict) -> None:
-        from ofa_triton.tasks.visual_entailment.client import build_inputs
-
-        inputs = build_inputs(self._module, request["image"], request["hypothesis"],
-                              request["premise"])
-        await self._client.infer(self.model, inputs)
+        await self._client.infer(self.model, self.build(self._module, request))
 
 
 class HttpJsonTarget:

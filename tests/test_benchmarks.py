@@ -75,3 +75,33 @@ def test_report_renders_the_run(bench_results):
     text = report.render(results, "cpu")
     assert "Triton ensemble, int8 convolutions (HTTP)" in text
     assert "| 8 |" in text and "ofa_encoder_decoder" in text
+
+
+@pytest.fixture(scope="module")
+def caption_results(tmp_path_factory):
+    from benchmarks import captioning
+
+    root = tmp_path_factory.mktemp("bench-caption")
+    out = captioning.main(["--concurrency", "1", "--duration", "2", "--rounds", "1",
+                           "--reference-python", str(root / "no-reference-environment"),
+                           "--results-dir", str(root / "results"),
+                           "--work-dir", str(root / "work")])
+    return out, json.loads(out.read_text())
+
+
+def test_the_captioning_benchmark_runs_end_to_end(caption_results):
+    """benchmarks.captioning (make bench's second half): perf_analyzer with the composing
+    models, the load generator against Triton and the eager captioning service."""
+    out, results = caption_results
+    assert out.name == "cpu_captioning.json" and results["task"] == "image-captioning"
+    assert results["export"] == {"runtime": "onnxruntime", "precision": "fp32"}
+    for system in ("triton", "baseline_eager"):
+        assert results[system]["throughput"] > 0, system
+    assert results["baseline"] is None   # no reference environment here
+    for system, rows in results["sweeps"].items():
+        assert [row["concurrency"] for row in rows] == [1, 8], system
+        assert all(row["failed"] == 0 and row["completed"] > 0 for row in rows), system
+    for row in results["perf_analyzer"]:
+        assert {"ofa_caption_preprocess", "ofa_caption_generator",
+                "ofa_caption_postprocess"} <= set(row["composing_models"])
+    assert out.with_suffix(".png").stat().st_size > 10_000

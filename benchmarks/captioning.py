@@ -1,0 +1,171 @@
+"""Image captioning: Triton against the services it replaces, side by side in one run.
+
+    python -m benchmarks.captioning     # make bench runs it after the entailment benchmark
+
+The same harness as benchmarks/run.py: a generated captioning checkpoint (OFA-tiny
+architecture, 256 px, beam 5, max_len_b 16, random weights) exported with the CPU defaults;
+Triton's ``ofa_image_caption`` measured by perf_analyzer over gRPC with the composing models'
+breakdown; then one closed-loop load generator, the same photo-like JPEGs, interleaved per
+concurrency: Triton (HTTP), ModelScope's own ``pipeline(Tasks.image_captioning)`` behind a
+one-at-a-time web app (reference environment), and this project's generation module in the
+same shape. Writes benchmarks/results/cpu_captioning.json, its plot and perf_analyzer CSVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.run import (HEADLINE_CONCURRENCY, RESULTS, ROOT, WORK, BaselineService, breakdown,
+                            commit, headline, interleaved_sweep, log, machine, model_statistics,
+                            plot)
+
+PROFILE = dict(model="ofa-tiny architecture, 256 px, beam 5, max_len_b 16, random weights",
+               image_size=256, concurrency=(1, 2, 4, 8, 16), duration=10.0, perf_ms=4000,
+               rounds=3, preprocess_instances=2, encoder_decoder_instances=1,
+               max_batch_size=16, queue_delay_us=5000)
+NAME = "cpu_captioning"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, help="seconds per load level")
+    parser.add_argument("--concurrency", type=int, nargs="+")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds at the headline level")
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--reference-python", type=Path, default=ROOT / ".venv-ref/bin/python")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--work-dir", type=Path, default=WORK)
+    args = parser.parse_args(argv)
+    profile = dict(PROFILE)
+    for key in ("duration", "concurrency", "rounds"):
+        if getattr(args, key):
+            profile[key] = getattr(args, key)
+    profile["concurrency"] = tuple(sorted({*profile["concurrency"], HEADLINE_CONCURRENCY}))
+
+    sys.path.insert(0, str(ROOT / "src"))
+    import tritonclient.http as httpclient
+
+    from benchmarks.inputs import build_requests, write_perf_analyzer_inputs
+    from benchmarks.loadgen import TritonTarget, caption_inputs, run_load
+    from benchmarks.perf import run_perf_analyzer
+    from ofa_triton.export import export_repository
+    from ofa_triton.server import ServerOptions, TritonServer, free_port
+    from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
+    from ofa_triton.triton_config import ServingOptions
+
+    started = time.monotonic()
+    source_commit = commit()
+    work, results_dir = args.work_dir, args.results_dir
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint, repository = work / "checkpoint-caption", work / "repository-caption"
+    log(f"[1/4] checkpoint ({profile['model']}) and export")
+    if not (checkpoint / "pytorch_model.bin").is_file():
+        generate_tiny_checkpoint(checkpoint, task="image-captioning",
+                                 image_size=profile["image_size"])
+    shutil.rmtree(repository, ignore_errors=True)
+    options = ServingOptions(max_batch_size=profile["max_batch_size"],
+                             queue_delay_us=profile["queue_delay_us"],
+                             preprocess_instances=profile["preprocess_instances"],
+                             encoder_decoder_instances=profile["encoder_decoder_instances"])
+    record = export_repository(checkpoint, repository, options=options,
+                               progress=lambda m: log("      " + m.strip()))
+    requests = build_requests()
+    inputs_json = write_perf_analyzer_inputs(requests, work / "perf_analyzer_caption_inputs.json",
+                                             inputs=("image",))
+
+    log("[2/4] starting Triton and the baselines (all idle until measured)")
+    server = TritonServer(ServerOptions.loopback(repository),
+                          log_path=work / "tritonserver-caption.log")
+    baselines = []
+    if not args.skip_baselines:
+        if args.reference_python.is_file():
+            baselines.append(BaselineService("baseline", "modelscope-caption",
+                                             args.reference_python, checkpoint, free_port(),
+                                             work))
+        else:
+            log(f"  no ModelScope baseline: no reference environment at "
+                f"{args.reference_python} (make reference-env)")
+        baselines.append(BaselineService("baseline_eager", "eager-caption", Path(sys.executable),
+                                         checkpoint, free_port(), work))
+    perf_rows = []
+    try:
+        with server:
+            server.wait_ready(600)
+            targets = [TritonTarget(server.http_url, "ofa_image_caption", build=caption_inputs)]
+            targets += [b.target() for b in baselines]
+            for target in targets:   # warm-up: first requests load lazily initialized code
+                run_load(target, requests, 2, 3.0, warmup=0)
+            log("[3/4] Triton: perf_analyzer over gRPC, with the composing models' breakdown")
+            stats = httpclient.InferenceServerClient(server.http_url)
+            for concurrency in profile["concurrency"]:
+                before = model_statistics(stats)
+                row = run_perf_analyzer(server.grpc_url, inputs_json, concurrency,
+                                        results_dir / f"{NAME}_perf_analyzer_c{concurrency}.csv",
+                                        work, measurement_ms=profile["perf_ms"],
+                                        model="ofa_image_caption")
+                row["composing_models"] = breakdown(before, model_statistics(stats))
+                perf_rows.append(row)
+                generator = row["composing_models"].get("ofa_caption_generator", {})
+                log(f"  perf_analyzer c={concurrency}: {row['throughput']:.2f}/s p99 "
+                    f"{row['p99_ms']:.0f} ms, generator batch "
+                    f"{generator.get('average_batch_size') or 0:.2f}")
+            stats.close()
+            log("[4/4] one closed-loop load generator: Triton (HTTP) and the baselines, "
+                "interleaved per concurrency")
+            sweeps = interleaved_sweep(targets, requests, profile)
+            rounds = {t.name: [r for r in sweeps[t.name]
+                               if r["concurrency"] == HEADLINE_CONCURRENCY] for t in targets}
+            for index in range(1, profile["rounds"]):
+                log(f"  round {index + 1} of {profile['rounds']} at concurrency "
+                    f"{HEADLINE_CONCURRENCY}")
+                extra = interleaved_sweep(targets, requests,
+                                          {**profile, "concurrency": (HEADLINE_CONCURRENCY,)})
+                for name, rows in extra.items():
+                    rounds[name] += rows
+    finally:
+        for baseline in baselines:
+            baseline.stop()
+
+    results = {
+        "task": "image-captioning",
+        "triton": headline(rounds["triton"]),
+        "triton_perf_analyzer_grpc": headline(perf_rows),
+        "baseline": headline(rounds.get("baseline")),
+        "baseline_eager": headline(rounds.get("baseline_eager")),
+        "headline_rounds": rounds,
+        "concurrency": HEADLINE_CONCURRENCY,
+        "model": profile["model"],
+        "export": {"runtime": record["export"]["runtime"],
+                   "precision": record["export"]["precision"]},
+        "machine": machine(),
+        "commit": source_commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "profile": profile,
+        "perf_analyzer": perf_rows,
+        "sweeps": sweeps,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if results["baseline"] and results["baseline"]["throughput"] > 0:
+        results["ratios_at_concurrency_8"] = {
+            "throughput_triton_over_modelscope":
+                results["triton"]["throughput"] / results["baseline"]["throughput"],
+            "p99_triton_over_modelscope":
+                results["triton"]["p99_ms"] / results["baseline"]["p99_ms"],
+        }
+    out = results_dir / f"{NAME}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
+    log(f"wrote {out} and {out.with_suffix('.png')} in {results['seconds']:.0f} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
