@@ -40,17 +40,21 @@ $(REF_STAMP): export/reference/requirements.txt export/reference/setup.sh
 
 reference-env: $(REF_STAMP)
 
-# Regenerate tests/golden/* with ModelScope's own pipelines (visual entailment, captioning).
+# Regenerate tests/golden/* with ModelScope's own pipelines (visual entailment, captioning,
+# visual question answering, visual grounding).
 goldens: $(REF_STAMP)
 	.venv-ref/bin/python tests/golden/make_goldens.py
 	.venv-ref/bin/python tests/golden/make_caption_goldens.py
+	.venv-ref/bin/python tests/golden/make_vqa_goldens.py
+	.venv-ref/bin/python tests/golden/make_grounding_goldens.py
 
 # Triton (fp32, and the opt-in int8 export beside it) against the ModelScope-pipeline service
 # and the eager PyTorch service, side by side (OFA-tiny architecture, 256 px; about 11 minutes
-# after the environments exist); then the same for image captioning (benchmarks/captioning.py).
+# after the environments exist); then the same for the generating tasks: image captioning,
+# visual question answering and visual grounding (benchmarks/generation.py, about 17 minutes).
 bench: $(STAMP) $(REF_STAMP)
 	$(PY) -m benchmarks.run --profile cpu
-	$(PY) -m benchmarks.captioning
+	$(PY) -m benchmarks.generation --task captioning vqa grounding
 
 # The same comparison on a GPU host with a package registry and the reference environment:
 # OFA-large architecture, 480 px, fp16, the PyTorch runtime (the --device gpu default; PyPI's

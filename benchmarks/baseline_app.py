@@ -6,10 +6,11 @@
 ``modelscope``: ModelScope's own ``pipeline(Tasks.visual_entailment)`` per request, as seed
 users run it (run it with the reference environment's interpreter). ``eager``: this project's
 PyTorch module, unbatched, in the same shape, on the GPU when there is one (as ModelScope's
-pipeline is). ``modelscope-caption`` and ``eager-caption``: the same for image captioning
-(``pipeline(Tasks.image_captioning)``; this project's generation module and beam search).
-All: ``POST /predict`` with ``{"image_b64", "hypothesis", "premise"}`` (captioning reads the
-image only),
+pipeline is). ``modelscope-caption``/``eager-caption``, ``modelscope-vqa``/``eager-vqa`` and
+``modelscope-grounding``/``eager-grounding``: the same for the generating tasks (ModelScope's
+``pipeline(Tasks.image_captioning | visual_question_answering | visual_grounding)``; this
+project's generation module and beam search). All: ``POST /predict`` with ``{"image_b64",
+"hypothesis", "premise", "question", "text"}`` (each task reads its own),
 answered under one lock, like the single-worker web app of the seed figure (1.8 s average
 latency, 11 req/s at 20 users for OFA-large). aiohttp, not FastAPI: it is in both the
 reference environment and the GPU machines' image, so one app serves every benchmark.
@@ -68,6 +69,31 @@ def modelscope_caption_predictor(model_dir: str) -> Predict:
     return predict
 
 
+def modelscope_vqa_predictor(model_dir: str) -> Predict:
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    pipe = pipeline(Tasks.visual_question_answering, model=model_dir)
+
+    def predict(image: bytes, body: dict) -> dict:
+        result = pipe({"image": _picture(image), "text": body["question"]})
+        return {"answer": result["text"][0] if result.get("text") else result["labels"]}
+
+    return predict
+
+
+def modelscope_grounding_predictor(model_dir: str) -> Predict:
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    pipe = pipeline(Tasks.visual_grounding, model=model_dir)
+
+    def predict(image: bytes, body: dict) -> dict:
+        return {"box": pipe({"image": _picture(image), "text": body["text"]})["boxes"][0]}
+
+    return predict
+
+
 def _device():
     import torch
 
@@ -100,34 +126,62 @@ def eager_predictor(model_dir: str) -> Predict:
     return predict
 
 
-def eager_caption_predictor(model_dir: str) -> Predict:
-    """This project's generation module and beam search, one request at a time."""
+def eager_generation_predictor(model_dir: str) -> Predict:
+    """This project's generation module and beam search, one request at a time, for the
+    checkpoint's task (captioning, VQA or grounding)."""
+    import numpy as np
     import torch
 
     from ofa_triton.export import load_checkpoint
-    from ofa_triton.tasks.image_captioning import caption_text
-    from ofa_triton.tasks.image_captioning.generation import generate, special_tokens
-    from ofa_triton.tasks.image_captioning.preprocessing import CaptionPreprocessor
+    from ofa_triton.generation.answers import AnswerTrie
+    from ofa_triton.generation.search import generate, special_tokens
 
     loaded = load_checkpoint(model_dir)
-    preprocessor = CaptionPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
-                                       loaded.checkpoint.merges_file)
+    task, text = loaded.settings.task, loaded.text
+    name = loaded.checkpoint.task.name
     device = _device()
     model = loaded.model.to(device)
-    source = torch.tensor([loaded.text.source_ids(loaded.settings.task.prompt)], device=device)
+    trie = AnswerTrie(task.answer_ids, text.bos_id, text.eos_id) if task.answer_ids else None
+    if name == "image-captioning":
+        from ofa_triton.tasks.image_captioning import caption_text
+        from ofa_triton.tasks.image_captioning.preprocessing import CaptionPreprocessor as Pre
+    elif name == "visual-question-answering":
+        from ofa_triton.tasks.visual_question_answering import answer_text
+        from ofa_triton.tasks.visual_question_answering.preprocessing import VqaPreprocessor as Pre
+    else:
+        from ofa_triton.tasks.visual_grounding.box import box_from_tokens
+        from ofa_triton.tasks.visual_grounding.preprocessing import GroundingPreprocessor as Pre
+    preprocessor = Pre(loaded.settings, loaded.checkpoint.vocab_file,
+                       loaded.checkpoint.merges_file)
 
     def predict(image: bytes, body: dict) -> dict:
-        pixels = torch.from_numpy(preprocessor.image_inputs(image))[None].to(device)
-        [hypotheses] = generate(model, source, pixels, loaded.settings.task.generation,
-                                special_tokens(loaded.text))
-        return {"caption": caption_text(loaded.text, hypotheses[0].tokens)}
+        if name == "image-captioning":
+            tensors = preprocessor(image)
+        else:
+            tensors = preprocessor(image, body["question" if name.startswith("visual-q")
+                                                else "text"])
+        ids = tensors["input_ids"][tensors["input_ids"] != text.pad_id]   # unpadded, as one
+        [hypotheses] = generate(model, torch.from_numpy(ids)[None].to(device),
+                                torch.from_numpy(tensors["patch_images"])[None].to(device),
+                                task.generation, special_tokens(text), constrain=trie)
+        best = hypotheses[0].tokens
+        if name == "image-captioning":
+            return {"caption": caption_text(text, best)}
+        if name == "visual-question-answering":
+            return {"answer": answer_text(text, best, task.answers, -1)}
+        return {"box": box_from_tokens(np.array(best), tensors["image_size"], task,
+                                       text.eos_id).tolist()}
 
     return predict
 
 
 PREDICTORS = {"modelscope": modelscope_predictor, "eager": eager_predictor,
               "modelscope-caption": modelscope_caption_predictor,
-              "eager-caption": eager_caption_predictor}
+              "eager-caption": eager_generation_predictor,
+              "modelscope-vqa": modelscope_vqa_predictor,
+              "eager-vqa": eager_generation_predictor,
+              "modelscope-grounding": modelscope_grounding_predictor,
+              "eager-grounding": eager_generation_predictor}
 
 
 def create_app(predict: Predict):

@@ -28,10 +28,24 @@ TEXTS = [
 ]
 
 
+# Questions (VQA) and regions (grounding) of the same scenes.
+QUESTIONS = ["What are the men playing?", "what color is the woman's coat", "What is the child "
+             "eating?", "how many people are sitting around the fire?", "What is the old man "
+             "reading?", "is the road busy", "where is the chef working?",
+             "how many cats are on the sofa?"]
+REGIONS = ["the man kicking the ball", "the woman in the red coat", "the child with ice cream",
+           "the campfire in the middle", "the newspaper", "the red car on the left",
+           "the chef's hands", "the cat near the window"]
+
+
 def build_requests(count: int = 16, seed: int = 1000) -> list[dict]:
-    """``count`` requests cycling through the sizes and texts; images differ per request."""
+    """``count`` requests cycling through the sizes and texts; images differ per request.
+    Each carries every task's texts: hypothesis and premise (entailment), question (VQA) and
+    text (grounding)."""
     return [{"image": image, "hypothesis": TEXTS[index % len(TEXTS)][0],
-             "premise": TEXTS[index % len(TEXTS)][1]}
+             "premise": TEXTS[index % len(TEXTS)][1],
+             "question": QUESTIONS[index % len(QUESTIONS)],
+             "text": REGIONS[index % len(REGIONS)]}
             for index, image in enumerate(photo_like_jpegs(count, seed))]
 
 
@@ -48,7 +62,8 @@ def write_perf_analyzer_inputs(requests: list[dict], path: Path,
     data = []
     for request in requests:
         values = {"image": request["image"], "hypothesis": request["hypothesis"].encode(),
-                  "premise": (request["premise"] or "").encode()}
+                  "premise": (request["premise"] or "").encode(),
+                  "question": request["question"].encode(), "text": request["text"].encode()}
         data.append({name: {"content": _length_prefixed_b64(values[name]), "shape": [1]}
                      for name in inputs})
     path.write_text(json.dumps({"data": data}))

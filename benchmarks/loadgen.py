@@ -47,6 +47,18 @@ def caption_inputs(module, request: dict) -> list:
     return build_inputs(module, request["image"])
 
 
+def vqa_inputs(module, request: dict) -> list:
+    from ofa_triton.tasks.visual_question_answering.client import build_inputs
+
+    return build_inputs(module, request["image"], request["question"])
+
+
+def grounding_inputs(module, request: dict) -> list:
+    from ofa_triton.tasks.visual_grounding.client import build_inputs
+
+    return build_inputs(module, request["image"], request["text"])
+
+
 class TritonTarget:
     """``build(module, request)``: the request's input tensors (the public model's task)."""
 
@@ -83,7 +95,7 @@ class HttpJsonTarget:
 
     async def send(self, request: dict) -> None:
         body = {"image_b64": base64.b64encode(request["image"]).decode(),
-                "hypothesis": request["hypothesis"], "premise": request["premise"]}
+                **{key: value for key, value in request.items() if key != "image"}}
         async with self._session.post(f"http://{self.url}/predict", json=body) as response:
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")

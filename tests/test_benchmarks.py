@@ -77,23 +77,31 @@ def test_report_renders_the_run(bench_results):
     assert "| 8 |" in text and "ofa_encoder_decoder" in text
 
 
+GENERATING = {"captioning": ("image-captioning", "caption"),
+              "vqa": ("visual-question-answering", "vqa"),
+              "grounding": ("visual-grounding", "grounding")}
+
+
 @pytest.fixture(scope="module")
-def caption_results(tmp_path_factory):
-    from benchmarks import captioning
+def generation_results(tmp_path_factory):
+    from benchmarks import generation
 
-    root = tmp_path_factory.mktemp("bench-caption")
-    out = captioning.main(["--concurrency", "1", "--duration", "2", "--rounds", "1",
-                           "--reference-python", str(root / "no-reference-environment"),
-                           "--results-dir", str(root / "results"),
-                           "--work-dir", str(root / "work")])
-    return out, json.loads(out.read_text())
+    root = tmp_path_factory.mktemp("bench-generation")
+    outs = generation.main(["--task", *GENERATING, "--concurrency", "1", "--duration", "2",
+                            "--rounds", "1",
+                            "--reference-python", str(root / "no-reference-environment"),
+                            "--results-dir", str(root / "results"),
+                            "--work-dir", str(root / "work")])
+    return {name: (out, json.loads(out.read_text())) for name, out in zip(GENERATING, outs)}
 
 
-def test_the_captioning_benchmark_runs_end_to_end(caption_results):
-    """benchmarks.captioning (make bench's second half): perf_analyzer with the composing
-    models, the load generator against Triton and the eager captioning service."""
-    out, results = caption_results
-    assert out.name == "cpu_captioning.json" and results["task"] == "image-captioning"
+@pytest.mark.parametrize("name", GENERATING)
+def test_the_generation_benchmark_runs_end_to_end(generation_results, name):
+    """benchmarks.generation (make bench's second half), per generating task: perf_analyzer
+    with the composing models, the load generator against Triton and the eager service."""
+    out, results = generation_results[name]
+    task, short = GENERATING[name]
+    assert out.name == f"cpu_{name}.json" and results["task"] == task
     assert results["export"] == {"runtime": "onnxruntime", "precision": "fp32"}
     for system in ("triton", "baseline_eager"):
         assert results[system]["throughput"] > 0, system
@@ -102,6 +110,6 @@ def test_the_captioning_benchmark_runs_end_to_end(caption_results):
         assert [row["concurrency"] for row in rows] == [1, 8], system
         assert all(row["failed"] == 0 and row["completed"] > 0 for row in rows), system
     for row in results["perf_analyzer"]:
-        assert {"ofa_caption_preprocess", "ofa_caption_generator",
-                "ofa_caption_postprocess"} <= set(row["composing_models"])
+        assert {f"ofa_{short}_preprocess", f"ofa_{short}_generator",
+                f"ofa_{short}_postprocess"} <= set(row["composing_models"])
     assert out.with_suffix(".png").stat().st_size > 10_000

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_LIMIT_S = 180          # the issue's bound for the smoke run on this CPU
+SMOKE_LIMIT_S = 300          # the issue's 180 s bound, and 2 minutes for the generating tasks' stages
 STAGES = ("environment", "checkpoint_and_export", "encoder_decoder_alone", "goldens_on_device",
-          "serve", "ensemble_perf_analyzer", "against_eager", "plot")
+          "serve", "ensemble_perf_analyzer", "against_eager", "captioning", "vqa", "grounding",
+          "plot")
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,14 @@ def test_smoke_run_figures(smoke_run):
     assert all(row["completed"] > 0 and row["failed"] == 0 for rows in sweeps.values()
                for row in rows)
     assert stages["against_eager"]["ratios"]
+    for task, generator in (("captioning", "ofa_caption_generator"),
+                            ("vqa", "ofa_vqa_generator"),
+                            ("grounding", "ofa_grounding_generator")):
+        stage = stages[task]
+        assert stage["validation"]["max_abs_diff_log_prob"] <= 1e-4, task
+        assert [level["concurrency"] for level in stage["levels"]] == [2], task
+        assert stage["levels"][0]["throughput"] > 0, task
+        assert generator in stage["levels"][0]["composing_models"], task
 
 
 def test_a_missing_kit_says_how_to_make_one(tmp_path):

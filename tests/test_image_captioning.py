@@ -67,7 +67,7 @@ def captioner(golden):
     """The checkpoint in this project's PyTorch generation module, with its settings."""
     import torch
 
-    from ofa_triton.beam_search import GenerationSettings
+    from ofa_triton.generation.beam_search import GenerationSettings
     from ofa_triton.image import IMAGENET_MEAN_STD, OFA_MEAN_STD, ImageTransform
     from ofa_triton.modeling import OfaArchitecture
     from ofa_triton.modeling.generation import OfaGenerationModel
@@ -107,7 +107,7 @@ def test_beam_search_reproduces_modelscope_exactly(golden, captioner, batched):
     import torch
 
     from ofa_triton.image import decode_image
-    from ofa_triton.tasks.image_captioning.generation import generate, special_tokens
+    from ofa_triton.generation.search import generate, special_tokens
 
     _, data, _ = golden
     model, text, transform, settings = captioner
@@ -180,7 +180,7 @@ def test_export_reads_the_task_and_writes_its_models(shared_repository):
     assert record["export"]["task"] == "image-captioning"
     assert record["export"]["runtime"] == "onnxruntime"   # the CPU default
     assert record["validation"]["max_abs_diff_log_prob"] <= 1e-4
-    assert record["validation"]["sample_captions_equal"]
+    assert record["validation"]["sample_outputs_equal"]
     assert set(record["validation"]["graphs"]) == {"encoder.onnx", "decoder_step.onnx"}
     assert records["caption_variant"]["export"]["runtime"] == "torch"
     config = (repository / "ofa_caption_generator" / "config.pbtxt").read_text()

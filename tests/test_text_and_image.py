@@ -61,9 +61,12 @@ def test_decoder_prompts(tiny_checkpoint, encoder):
     none = OfaTextEncoder(tiny_checkpoint / "vocab.json", tiny_checkpoint / "merges.txt",
                           max_src_length=80, prompt_type="none")
     assert none.decoder_prompt_ids(source) == [none.bos_id]
+    src = OfaTextEncoder(tiny_checkpoint / "vocab.json", tiny_checkpoint / "merges.txt",
+                         max_src_length=80, prompt_type="src")      # VQA's third form
+    assert src.decoder_prompt_ids(source) == source
     with pytest.raises(ValueError, match="prompt_type"):
         OfaTextEncoder(tiny_checkpoint / "vocab.json", tiny_checkpoint / "merges.txt",
-                       max_src_length=80, prompt_type="src")
+                       max_src_length=80, prompt_type="prefix")
 
 
 def test_added_tokens_and_answers(encoder):

@@ -16,7 +16,11 @@ order of what each figure is worth when the machine's time runs out:
 5. the ensemble on a real tritonserver: perf_analyzer over gRPC on photo-like JPEGs of the
    usual sizes at each concurrency, with the composing models' server-side breakdown;
 6. against the eager one-request-at-a-time PyTorch service on the same device, with one
-   closed-loop load generator and the same requests, interleaved per concurrency.
+   closed-loop load generator and the same requests, interleaved per concurrency;
+7. the generating tasks (captioning, VQA, grounding): the same weights as a checkpoint of
+   each task (its released beam search), exported for the PyTorch runtime in the profile's
+   precision, its public model on its own tritonserver, perf_analyzer over gRPC at the
+   profile's concurrencies with the generator's server-side batch and compute.
 Each stage's failure is recorded and the next stage still runs. The results JSON is rewritten
 after every measurement, so a run cut short still returns figures; a stage that would not fit
 in the time left (``--budget``) is skipped and says so. Files under the output directory: the
@@ -52,6 +56,9 @@ PROFILES = {
                 preprocess_instances=12, encoder_decoder_instances=2, queue_delay_us=2000,
                 concurrency=(1, 2, 4, 8, 16, 32, 64, 128, 256), perf_ms=3000, perf_trials=4,
                 comparison_concurrency=(1, 16, 64), comparison_s=8.0, gemm_size=8192,
+                generation_concurrency={"captioning": (16, 64, 256), "vqa": (64,),
+                                        "grounding": (64,)},
+                generation_max_batch_size=64,
                 budget_s=450, server_timeout_s=300),
     "smoke": dict(model="ofa-tiny architecture, 64 px, fp32, random weights (CPU smoke run)",
                   architecture={}, image_size=64, device="cpu", precision="fp32",
@@ -59,7 +66,9 @@ PROFILES = {
                   preprocess_instances=1, encoder_decoder_instances=1, queue_delay_us=2000,
                   concurrency=(1, 4), perf_ms=800, perf_trials=3,
                   comparison_concurrency=(2,), comparison_s=2.0, gemm_size=512,
-                  budget_s=170, server_timeout_s=120),
+                  generation_concurrency={"captioning": (2,), "vqa": (2,), "grounding": (2,)},
+                  generation_max_batch_size=8,
+                  budget_s=280, server_timeout_s=120),
 }
 # The golden checkpoint compared on the device in these precisions.
 GOLDEN_CHECKPOINT = "tiny"
@@ -304,14 +313,16 @@ def compare_goldens(run: DeviceRun, record: dict) -> None:
         (probabilities["fp16"].argmax(1) == probabilities["fp32"].argmax(1)).sum())
 
 
-def start_server(run: DeviceRun, repository: Path, record: dict):
+def start_server(run: DeviceRun, repository: Path, record: dict,
+                 encoder_decoder: str = "ofa_encoder_decoder",
+                 log_name: str = "tritonserver.log"):
     """The exported repository on a real tritonserver (the kit's). If its instances cannot be
     placed as KIND_GPU, once more as KIND_CPU instances that run on the GPU (torch_device)."""
     from ofa_triton.server import ServerOptions, TritonServer, find_triton
 
     record["tritonserver"] = str(find_triton().binary)
     options = ServerOptions.loopback(repository)
-    server = TritonServer(options, log_path=run.work / "tritonserver.log").start()
+    server = TritonServer(options, log_path=run.work / log_name).start()
     try:
         server.wait_ready(run.profile["server_timeout_s"])
         return server
@@ -321,14 +332,14 @@ def start_server(run: DeviceRun, repository: Path, record: dict):
             raise
         record["kind_gpu_failure"] = str(error)[-3000:]
         log("      KIND_GPU did not load; trying KIND_CPU instances with torch_device cuda:0")
-        config = repository / "ofa_encoder_decoder" / "config.pbtxt"
+        config = repository / encoder_decoder / "config.pbtxt"
         text = config.read_text().replace("kind: KIND_GPU", "kind: KIND_CPU").replace(
             'key: "torch_device", value: { string_value: "" }',
             'key: "torch_device", value: { string_value: "cuda:0" }')
         config.write_text(text)
         record["instance_kind"] = "KIND_CPU with torch_device cuda:0"
         server = TritonServer(ServerOptions.loopback(repository),
-                              log_path=run.work / "tritonserver-retry.log").start()
+                              log_path=run.work / log_name.replace(".log", "-retry.log")).start()
         server.wait_ready(run.profile["server_timeout_s"])
         return server
 
@@ -405,6 +416,102 @@ def compare_with_eager(run: DeviceRun, server, eager, record: dict) -> None:
                 "concurrency": triton["concurrency"],
                 "throughput_triton_over_eager": triton["throughput"] / eager_row["throughput"],
                 "p99_triton_over_eager": triton["p99_ms"] / eager_row["p99_ms"]})
+
+
+# The generating tasks measured after the entailment stages: public model, generator, inputs,
+# and the released configuration of the task (ModelScope's) for the checkpoint's weights.
+GENERATING = {
+    "captioning": dict(task="image-captioning", public_model="ofa_image_caption",
+                       generator="ofa_caption_generator", inputs=("image",),
+                       beam_search={"beam_size": 5, "max_len_b": 16, "no_repeat_ngram_size": 3}),
+    "vqa": dict(task="visual-question-answering", public_model="ofa_visual_question_answering",
+                generator="ofa_vqa_generator", inputs=("image", "question"),
+                beam_search={"beam_size": 5, "max_len_b": 16, "no_repeat_ngram_size": 3}),
+    "grounding": dict(task="visual-grounding", public_model="ofa_visual_grounding",
+                      generator="ofa_grounding_generator", inputs=("image", "text"),
+                      beam_search={"beam_size": 5, "max_len_b": 4, "min_len": 4,
+                                   "no_repeat_ngram_size": 3}),
+}
+
+
+def generating_checkpoint(checkpoint: Path, directory: Path, task: str) -> Path:
+    """The entailment checkpoint's weights and vocabulary as a checkpoint of a generating task
+    (ModelScope's released configuration of it): generating another checkpoint of the large
+    architecture would cost the device minutes. The weights are not shaped for the task, so
+    captions and answers often run to the maximum length: the slow case."""
+    from ofa_triton.text import NUM_BINS
+
+    spec = GENERATING[task]
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for item in checkpoint.iterdir():
+        if item.is_file() and item.name not in ("configuration.json", "answer2label.json"):
+            os.link(item, directory / item.name)
+    configuration = json.loads((checkpoint / "configuration.json").read_text())
+    model = configuration["model"]
+    model.pop("answer2label", None)
+    model.update(gen_type="generation", prompt_type="none", beam_search=dict(spec["beam_search"]))
+    if task == "grounding":
+        vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+        model["beam_search"]["constraint_range"] = f"{vocab_size - NUM_BINS},{vocab_size}"
+    configuration.update(task=spec["task"], pipeline={"type": spec["task"]})
+    (directory / "configuration.json").write_text(json.dumps(configuration, indent=2) + "\n")
+    return directory
+
+
+def measure_generation(run: DeviceRun, checkpoint: Path, task: str, record: dict) -> None:
+    """A generating task's public model alone on a tritonserver: perf_analyzer over gRPC per
+    concurrency, with the generator's batch and compute."""
+    import tritonclient.http as httpclient
+
+    from benchmarks.inputs import build_requests, write_perf_analyzer_inputs
+    from benchmarks.perf import run_perf_analyzer
+    from ofa_triton.export import export_repository
+    from ofa_triton.triton_config import ServingOptions
+
+    profile, spec = run.profile, GENERATING[task]
+    source = generating_checkpoint(checkpoint, run.work / f"checkpoint-{task}", task)
+    repository = run.work / f"repository-{task}"
+    shutil.rmtree(repository, ignore_errors=True)
+    options = ServingOptions(device=profile["device"],
+                             max_batch_size=profile["generation_max_batch_size"],
+                             queue_delay_us=profile["queue_delay_us"],
+                             preprocess_instances=profile["preprocess_instances"],
+                             encoder_decoder_instances=1)
+    export = export_repository(source, repository, options=options, runtime="torch",
+                               precision=profile["precision"],
+                               progress=lambda m: log("      " + m.strip()))
+    record["validation"] = export["validation"]
+    inputs = write_perf_analyzer_inputs(build_requests(), run.work / f"{task}_inputs.json",
+                                        inputs=spec["inputs"])
+    server = start_server(run, repository, record, encoder_decoder=spec["generator"],
+                          log_name=f"tritonserver-{task}.log")
+    try:
+        stats = httpclient.InferenceServerClient(server.http_url)
+        record["levels"] = []
+        for concurrency in profile["generation_concurrency"][task]:
+            if run.remaining() < profile["perf_ms"] / 1e3 * profile["perf_trials"] + 10:
+                record.setdefault("skipped_levels", []).append(concurrency)
+                continue
+            before = model_statistics(stats)
+            row = run_perf_analyzer(server.grpc_url, inputs, concurrency,
+                                    run.work / f"{task}_perf_c{concurrency}.csv", run.work,
+                                    measurement_ms=profile["perf_ms"],
+                                    max_trials=profile["perf_trials"], grow_window=False,
+                                    model=spec["public_model"])
+            row["composing_models"] = breakdown(before, model_statistics(stats))
+            record["levels"].append(row)
+            generator = row["composing_models"].get(spec["generator"], {})
+            log(f"      {task} c={concurrency}: {row['throughput']:.1f}/s p99 "
+                f"{row['p99_ms']:.0f} ms; generator batch "
+                f"{generator.get('average_batch_size') or 0:.1f}, compute "
+                f"{generator.get('compute_infer_ms', 0):.0f} ms")
+            run.save()
+        stats.close()
+        if record["levels"]:
+            record["best"] = max(record["levels"], key=lambda r: r["throughput"])
+    finally:
+        server.stop()
 
 
 def plot(run: DeviceRun) -> None:
@@ -490,7 +597,17 @@ def main(argv: list[str] | None = None) -> Path:
             server.stop()
         if eager is not None:
             eager.stop()
-        for log_file in ("tritonserver.log", "tritonserver-retry.log", "eager.log"):
+    try:
+        for task, needs_s in (("captioning", 90), ("vqa", 60), ("grounding", 60)):
+            with run.stage(task, needs_s=needs_s) as record:
+                if record is not None:
+                    measure_generation(run, checkpoint, task, record)
+    finally:
+        logs = ["tritonserver.log", "tritonserver-retry.log", "eager.log"]
+        for task in GENERATING:   # a failed stage's server log explains it
+            if (run.results["stages"].get(task) or {}).get("status") == "failed":
+                logs += [f"tritonserver-{task}.log", f"tritonserver-{task}-retry.log"]
+        for log_file in logs:
             if (run.work / log_file).is_file():   # the tail: what explains a failure
                 text = (run.work / log_file).read_bytes()[-2_000_000:]
                 (run.out / log_file).write_bytes(text)

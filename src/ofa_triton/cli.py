@@ -128,16 +128,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _caption(args: argparse.Namespace) -> int:
+def _ask_per_image(args: argparse.Namespace, client_class, ask_many, key: str) -> int:
+    """The generative tasks' commands: every image in flight at once, one JSON line each
+    (its result under ``key``, or its error); exit 1 when any failed."""
     import json
 
     from .client import PredictionError
-    from .tasks.image_captioning.client import ImageCaptionClient
 
-    with ImageCaptionClient(args.url, args.protocol, model_name=args.model,
-                            timeout=args.timeout) as client:
-        results = client.caption_many(args.image, concurrency=args.concurrency,
-                                      return_exceptions=True)
+    with client_class(args.url, args.protocol, model_name=args.model,
+                      timeout=args.timeout) as client:
+        results = ask_many(client, args)
     failed = 0
     for image, result in zip(args.image, results):
         if isinstance(result, PredictionError):
@@ -147,8 +147,31 @@ def _caption(args: argparse.Namespace) -> int:
             failed += 1
             print(json.dumps({"image": image, "error": f"{type(result).__name__}: {result}"}))
         else:
-            print(json.dumps({"image": image, "caption": result}))
+            print(json.dumps({"image": image, key: result}))
     return 1 if failed else 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from .tasks.image_captioning.client import ImageCaptionClient
+
+    return _ask_per_image(args, ImageCaptionClient, lambda client, a: client.caption_many(
+        a.image, concurrency=a.concurrency, return_exceptions=True), "caption")
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from .tasks.visual_question_answering.client import VisualQuestionAnsweringClient
+
+    return _ask_per_image(args, VisualQuestionAnsweringClient, lambda client, a: (
+        client.answer_many([{"image": image, "question": a.question} for image in a.image],
+                           concurrency=a.concurrency, return_exceptions=True)), "answer")
+
+
+def _ground(args: argparse.Namespace) -> int:
+    from .tasks.visual_grounding.client import VisualGroundingClient
+
+    return _ask_per_image(args, VisualGroundingClient, lambda client, a: (
+        client.ground_many([{"image": image, "text": a.text} for image in a.image],
+                           concurrency=a.concurrency, return_exceptions=True)), "box")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -321,19 +344,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--timeout", type=float, default=60.0)
     predict.set_defaults(handler=_predict)
 
-    caption = commands.add_parser("caption", help="ask a running server for captions (image "
-                                  "captioning exports); prints one JSON line per image")
-    caption.add_argument("image", nargs="+",
-                         help="paths, http(s) URLs, data: URLs or base64 of the images")
-    caption.add_argument("--url", default=None,
-                         help="host:port (default localhost:8000 for http, :8001 for grpc)")
-    caption.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    caption.add_argument("--model", default="ofa_image_caption",
-                         help="the ensemble to ask (with an export's --name-prefix, that prefix "
-                         "+ ofa_image_caption)")
-    caption.add_argument("--concurrency", type=int, default=16)
-    caption.add_argument("--timeout", type=float, default=60.0)
-    caption.set_defaults(handler=_caption)
+    for name, handler, model, what, text_flag, text_help in (
+            ("caption", _caption, "ofa_image_caption", "captions (image captioning exports)",
+             None, None),
+            ("answer", _answer, "ofa_visual_question_answering",
+             "answers to one question about each image (visual question answering exports)",
+             "--question", "the question asked about every image"),
+            ("ground", _ground, "ofa_visual_grounding",
+             "the box of one description in each image (visual grounding exports): x0, y0, "
+             "x1, y1 in the image's pixels", "--text", "the region to find in every image")):
+        command = commands.add_parser(name, help=f"ask a running server for {what}; prints "
+                                      "one JSON line per image")
+        command.add_argument("image", nargs="+",
+                             help="paths, http(s) URLs, data: URLs or base64 of the images")
+        if text_flag:
+            command.add_argument(text_flag, required=True, help=text_help)
+        command.add_argument("--url", default=None,
+                             help="host:port (default localhost:8000 for http, :8001 for grpc)")
+        command.add_argument("--protocol", choices=("http", "grpc"), default="http")
+        command.add_argument("--model", default=model,
+                             help=f"the ensemble to ask (with an export's --name-prefix, that "
+                             f"prefix + {model})")
+        command.add_argument("--concurrency", type=int, default=16)
+        command.add_argument("--timeout", type=float, default=60.0)
+        command.set_defaults(handler=handler)
 
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")

@@ -83,6 +83,12 @@ def string_inputs(module, tensors: dict[str, bytes]) -> list:
     return inputs
 
 
+def string_output(result, name: str) -> str:
+    """The first element of a [1, 1] TYPE_STRING output as text."""
+    value = result.as_numpy(name)[0, 0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class TritonClient:
     """A connection to one public model over HTTP or gRPC; a task's client adds its call."""
 

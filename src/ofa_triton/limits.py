@@ -101,16 +101,20 @@ def _check_length(text: str, name: str, limits: InputLimits) -> None:
                            f"{limits.max_text_chars:,} characters (--max-text-chars)")
 
 
+def check_text(text: str, name: str, limits: InputLimits, what: str) -> None:
+    """Refuse a required text over the length limit, or empty or only whitespace (ModelScope
+    would answer it, about nothing); ``what`` says what the text should be."""
+    _check_length(text, name, limits)
+    if not text.strip():
+        raise RequestError(f"'{name}' is empty (or only whitespace); send {what}")
+
+
 def check_texts(hypothesis: str, premise: str | None, limits: InputLimits) -> None:
-    """Refuse texts over the length limit, and a hypothesis that is empty or only whitespace
-    (ModelScope would answer it, about nothing). An empty premise is fine: it means the
-    hypothesis-only prompt."""
-    _check_length(hypothesis, "hypothesis", limits)
+    """Visual entailment's texts. An empty premise is fine: it means the hypothesis-only
+    prompt."""
     if premise is not None:
         _check_length(premise, "premise", limits)
-    if not hypothesis.strip():
-        raise RequestError("'hypothesis' is empty (or only whitespace); send the sentence to "
-                           "check against the image")
+    check_text(hypothesis, "hypothesis", limits, "the sentence to check against the image")
 
 
 def add_export_arguments(parser) -> None:

@@ -23,8 +23,18 @@ _RUNS_OF_WHITESPACE = re.compile(r"\s{2,}")
 
 def pre_caption(caption: str, max_words: int | None = None) -> str:
     """ModelScope's OfaBasePreprocessor.pre_caption, step for step."""
-    caption = (caption.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ")
-               .replace("<person>", "person"))
+    return _clean(caption, max_words, person=True)
+
+
+def pre_question(question: str, max_words: int | None = None) -> str:
+    """ModelScope's OfaBasePreprocessor.pre_question: pre_caption without its <person> rule."""
+    return _clean(question, max_words, person=False)
+
+
+def _clean(caption: str, max_words: int | None, person: bool) -> str:
+    caption = caption.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ")
+    if person:
+        caption = caption.replace("<person>", "person")
     caption = _RUNS_OF_WHITESPACE.sub(" ", caption)
     caption = caption.rstrip("\n").strip(" ")
     words = caption.split(" ")
@@ -54,14 +64,24 @@ def build_bpe_tokenizer(vocab_file: str | Path, merges_file: str | Path) -> Toke
     return tokenizer
 
 
+def decoder_prompt(source_ids: list[int], prompt_type: str, bos_id: int) -> list[int]:
+    """The decoder's prompt, as ModelScope's task preprocessors build it: ``none``: [bos];
+    ``src``: the source; ``prev_output``: the source without its eos."""
+    if prompt_type == "none":
+        return [bos_id]
+    if prompt_type == "src":
+        return list(source_ids)
+    return list(source_ids[:-1])
+
+
 class OfaTextEncoder:
     """Token ids for one checkpoint. Build once; thread-safe to call."""
 
     def __init__(self, vocab_file: str | Path, merges_file: str | Path, *, max_src_length: int,
                  prompt_type: str):
-        if prompt_type not in ("none", "prev_output"):
+        if prompt_type not in ("none", "src", "prev_output"):
             raise ValueError(f"prompt_type {prompt_type!r} is not supported (ModelScope's OFA "
-                             "preprocessors take 'none' and 'prev_output')")
+                             "preprocessors take 'none', 'src' and 'prev_output')")
         self.tokenizer = build_bpe_tokenizer(vocab_file, merges_file)
         self.max_src_length = max_src_length
         self.prompt_type = prompt_type
@@ -80,10 +100,12 @@ class OfaTextEncoder:
         return [self.bos_id, *self.bpe(prompt), self.eos_id]
 
     def decoder_prompt_ids(self, source_ids: list[int]) -> list[int]:
-        """``none``: [bos]; ``prev_output``: the source without its eos."""
-        if self.prompt_type == "none":
-            return [self.bos_id]
-        return source_ids[:-1]
+        return decoder_prompt(source_ids, self.prompt_type, self.bos_id)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """An answer of an answer list as ModelScope's build_trie tokenizes it: BPE of
+        ' ' + answer, no special tokens, not truncated."""
+        return self.tokenizer.encode(" " + answer, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         """Generated ids -> text, as ModelScope's slow BartTokenizer decodes them

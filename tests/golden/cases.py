@@ -207,3 +207,117 @@ CAPTION_CHECKPOINTS = {
             resnet_type="resnet18", token_bucket_size=64, image_bucket_size=12,
             attn_scale_factor=1.5, activation_function="relu", max_position_embeddings=512)),
 }
+
+
+# Visual question answering and visual grounding: an image and a text per case (the question,
+# or the referring expression). The texts exercise ModelScope's pre_question (VQA: lower case,
+# leading ,.!?*#:;~ stripped, '-' and '/' to spaces, whitespace runs collapsed, truncated to
+# max_src_length words, then '?' appended unless it ends with one; '<person>' kept) and
+# pre_caption (grounding: the same, but '<person>' becomes 'person' and no '?'), then BPE
+# truncation to max_src_length tokens.
+@dataclasses.dataclass(frozen=True)
+class TextCase:
+    name: str
+    image: str                  # file name inside the images directory
+    text: str
+
+
+VQA_QUESTIONS = [
+    "What is the man riding?",
+    "how many dogs are in the snow",
+    "IS THE SKY BLUE?",
+    "...what color is the woman's dress?",
+    "  What   is\tthe cat\n\ndoing ?  ",
+    "is it a red-and-white / black-and-white photo??",
+    "Où est le café? Est-ce à Zürich",
+    "東京の街には何がありますか？",
+    "what is the dog 🐕 chasing",
+    "what is <person> holding?",
+    "is there a <bin_7> or a <code_12> here?",
+    _LONG_TEXT,
+    "",
+    "?",
+    "~#: are the children eating lunch",
+    "What's on the table, isn't it food?",
+    "numbers 1, 22, 333 or 4.5%?",
+    "does the image describe the text ? yes no maybe\n",
+]
+
+GROUNDING_TEXTS = [
+    "the man riding a bicycle",
+    "Two DOGS playing in the snow.",
+    "...the woman in a red-and-white dress",
+    "people/children walking outside",
+    "a cat   sleeping\ton the\n\ncouch",
+    "<person> holding an umbrella",
+    "the café in Zürich with crème brûlée",
+    "東京の街を歩く人々",
+    "the dog 🐕 with a ball ⚽",
+    "the <bin_7> token next to <code_12>",
+    'quotes "inside" the text',
+    _LONG_TEXT,
+    "",
+    "   ",
+    "LEFT",
+    "#hashtag: the tree next to the car",
+    "the old man reading a newspaper on a bench in the park, left side",
+    "end with newline\n",
+]
+
+TEXT_CASE_COUNT = 36
+
+
+def text_cases(texts: list[str], count: int = TEXT_CASE_COUNT) -> list[TextCase]:
+    """``count`` cases: image i*5 mod 24 and text i mod len(texts), so every image and every
+    text comes at least once, and (with 18 texts and 36 cases) some images with two texts and
+    every text with two images."""
+    image_names = sorted(build_images())
+    return [TextCase(name=f"case{i:02d}", image=image_names[(i * 5) % len(image_names)],
+                     text=texts[i % len(texts)]) for i in range(count)]
+
+
+def vqa_cases() -> list[TextCase]:
+    return text_cases(VQA_QUESTIONS)
+
+
+def grounding_cases() -> list[TextCase]:
+    return text_cases(GROUNDING_TEXTS)
+
+
+# Answers of the constrained VQA checkpoints: words of the tiny vocabulary, one BPE token
+# (' yes', ' two') or several (' two dogs', ' snow' + 'man', ' umbrella' + 's'), with shared
+# prefixes so the constraint trie branches after the first token.
+VQA_ANSWERS = ["yes", "no", "two", "two dogs", "two men", "red", "red dress", "a dog", "a cat",
+               "the man", "blue", "blue shirts", "snow", "snowman", "umbrellas", "green grass"]
+
+_VARIANT_ARCHITECTURE = dict(
+    d_model=128, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+    decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=384,
+    resnet_type="resnet18", token_bucket_size=64, image_bucket_size=12,
+    attn_scale_factor=1.5, activation_function="relu", max_position_embeddings=512)
+
+# VQA: free generation (no answer list; the released pretrain checkpoints' setting), generation
+# constrained to an answer list by a trie, and traverse (every answer scored). prompt_type,
+# image size, mean/std, text length, beam settings and architecture vary between them.
+VQA_CHECKPOINTS = {
+    "vqa_free": dict(task="visual-question-answering"),
+    "vqa_trie": dict(
+        task="visual-question-answering", seed=11, image_size=96, imagenet_mean_std=True,
+        max_src_length=24, prompt_type="src", answers=VQA_ANSWERS,
+        beam_search=dict(beam_size=6, max_len_b=5, no_repeat_ngram_size=0, len_penalty=0.6),
+        architecture_overrides=_VARIANT_ARCHITECTURE),
+    "vqa_traverse": dict(
+        task="visual-question-answering", seed=13, image_size=80, prompt_type="prev_output",
+        gen_type="traverse", answers=VQA_ANSWERS),
+}
+
+# Grounding: the released settings at a 256 px patch (max_image_size 256), and a variant at
+# 128 px whose max_image_size (512) differs from the patch size, with another beam.
+GROUNDING_CHECKPOINTS = {
+    "grounding_tiny": dict(task="visual-grounding", image_size=256, max_image_size=256),
+    "grounding_variant": dict(
+        task="visual-grounding", seed=17, image_size=128, max_image_size=512,
+        imagenet_mean_std=True, max_src_length=16,
+        beam_search=dict(beam_size=3, no_repeat_ngram_size=0),
+        architecture_overrides=_VARIANT_ARCHITECTURE),
+}

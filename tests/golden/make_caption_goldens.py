@@ -17,11 +17,9 @@ empty stand-in module lets it load without that package.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,43 +27,22 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint  # noqa: E402
 from tests.golden.cases import CAPTION_CHECKPOINTS, write_images  # noqa: E402
+from tests.golden.generation_goldens import (GOLDEN_DIR, GenerationRecorder,  # noqa: E402
+                                             image_sha256, install_stand_ins, load_pipeline)
 from tests.golden.make_goldens import reference_versions  # noqa: E402
-
-GOLDEN_DIR = Path(__file__).resolve().parent
 
 
 def golden_path(checkpoint: str) -> Path:
     return GOLDEN_DIR / f"{checkpoint}_image_captioning.json"
 
 
-class _GenerationRecorder:
-    """Wraps the pipeline's SequenceGenerator.generate: records each request's finished
-    hypotheses and passes them on unchanged."""
-
-    def __init__(self, generator):
-        self._generate = generator.generate
-        self.last = None
-        generator.generate = self
-
-    def __call__(self, *args, **kwargs):
-        out = self._generate(*args, **kwargs)
-        self.last = [[{"tokens": [int(t) for t in hypothesis["tokens"]],
-                       "score": float(hypothesis["score"])} for hypothesis in sentence]
-                     for sentence in out]
-        return out
-
-
 def record_checkpoint(name: str, work: Path) -> None:
-    from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
 
     checkpoint = generate_tiny_checkpoint(work / name, **CAPTION_CHECKPOINTS[name])
     images = write_images(work / "images")
-    pipe = pipeline(Tasks.image_captioning, model=str(checkpoint))
-    _, info = type(pipe.model.model).from_pretrained(str(checkpoint), output_loading_info=True)
-    if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
-        raise SystemExit(f"ModelScope did not load {name} cleanly: {info}")
-    recorder = _GenerationRecorder(pipe.model.generator)
+    pipe = load_pipeline(Tasks.image_captioning, checkpoint)
+    recorder = GenerationRecorder(pipe.model.generator)
     records = []
     for index, (image, path) in enumerate(sorted(images.items())):
         sample = pipe.preprocessor({"image": str(path)})
@@ -75,7 +52,7 @@ def record_checkpoint(name: str, work: Path) -> None:
         records.append({
             "name": f"case{index:02d}",
             "image": image,
-            "image_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "image_sha256": image_sha256(path),
             "source_ids": sample["net_input"]["input_ids"][0].tolist(),
             "caption": caption,
             "hypotheses": hypotheses,
@@ -93,7 +70,7 @@ def record_checkpoint(name: str, work: Path) -> None:
 
 
 def main() -> None:
-    sys.modules.setdefault("open_clip", types.ModuleType("open_clip"))
+    install_stand_ins()
     work = Path(tempfile.mkdtemp(prefix="ofa-caption-goldens-"))
     for name in CAPTION_CHECKPOINTS:
         record_checkpoint(name, work)

@@ -3,7 +3,7 @@ decoder one token per step with a key/value cache, giving each step's log-probab
 
 Tensors in, tensors out, so that the encoder and the step export as graphs (the step reads and
 returns the cache, of a fixed length, instead of growing it): ``encode`` -> ``start`` ->
-``step`` ... The search around the steps (beam search) is ``ofa_triton.beam_search``.
+``step`` ... The search around the steps is ``ofa_triton.generation``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class OfaGenerationModel(OfaModel):
 
 
 class CachedDecoding:
-    """A StepDecoder (ofa_triton.beam_search) over OfaGenerationModel: the cache follows the
+    """A StepDecoder (ofa_triton.generation.beam_search) over OfaGenerationModel: the cache follows the
     hypotheses the search keeps."""
 
     def __init__(self, model: OfaGenerationModel, cache: DecoderCache, temperature: float = 1.0,
@@ -65,6 +65,13 @@ class CachedDecoding:
         log_probs, self.cache = self.model.step(tokens, self._positions[at:at + 1], self.cache,
                                                 self.temperature, self.allowed)
         return log_probs
+
+    def fork(self) -> "CachedDecoding":
+        """A decoder with the same cache that reorders and steps on its own (reorder copies
+        the cache before any step writes to it)."""
+        twin = CachedDecoding.__new__(CachedDecoding)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
     def reorder(self, rows: Tensor) -> None:
         self.cache = self.cache.reorder(rows)

@@ -6,10 +6,14 @@ from __future__ import annotations
 from .base import OfaTask, TaskSettings
 from .image_captioning import ImageCaptioning
 from .visual_entailment import VisualEntailment
+from .visual_grounding import VisualGrounding
+from .visual_question_answering import VisualQuestionAnswering
 
 TASKS: dict[str, OfaTask] = {task.name: task for task in (
     VisualEntailment(),
     ImageCaptioning(),
+    VisualQuestionAnswering(),
+    VisualGrounding(),
 )}
 DEFAULT_TASK = "visual-entailment"
 

@@ -54,6 +54,24 @@ class TaskSettings:
 Progress = Callable[[str], None]
 
 
+def read_answer_map(model_cfg: Mapping[str, Any], directory: Path) -> dict[str, Any] | None:
+    """The answer list configuration.json's ``answer2label`` names ({answer: label}, in file
+    order), or None when it names none."""
+    from ..checkpoint import CheckpointError, read_json
+
+    name = model_cfg.get("answer2label")
+    if not name:
+        return None
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"configuration.json names the answer map {name!r}, but {path} "
+                              "does not exist")
+    answer_map = read_json(path)
+    if not answer_map:
+        raise CheckpointError(f"the answer map {path} is empty")
+    return answer_map
+
+
 class OfaTask:
     """One task's export config. A subclass declares the class attributes and implements the
     methods; ``tasks.TASKS`` holds one instance of each."""

@@ -41,3 +41,8 @@ class ImagePromptPreprocessor:
     def image_inputs(self, image_bytes: bytes) -> np.ndarray:
         """The pixels, the image checked against the export's limits as it is decoded."""
         return self.transform(decode_image(image_bytes, self.limits))
+
+
+def stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One request's tensors each -> the batch."""
+    return {name: np.stack([item[name] for item in items]) for name in items[0]}

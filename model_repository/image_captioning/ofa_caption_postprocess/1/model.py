@@ -22,7 +22,7 @@ class TritonPythonModel:
         self.text = OfaTextEncoder(version_dir / "vocab.json", version_dir / "merges.txt",
                                    max_src_length=settings.max_src_length,
                                    prompt_type=settings.prompt_type)
-        seconds = warm_up(args, lambda sample: self._captions(sample["caption_tokens"]))
+        seconds = warm_up(args, lambda sample: self._captions(sample["tokens"]))
         pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")
 
     def _captions(self, tokens):
@@ -31,5 +31,5 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(pb_utils, requests, lambda request: {"caption": self._captions(
-            pb_utils.get_input_tensor_by_name(request, "caption_tokens").as_numpy())},
+            pb_utils.get_input_tensor_by_name(request, "tokens").as_numpy())},
             "postprocessing")

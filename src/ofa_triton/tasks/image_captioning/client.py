@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ...client import PredictionError, TritonClient, read_image, string_inputs
+from ...client import PredictionError, TritonClient, read_image, string_inputs, string_output
 
 MODEL_NAME = "ofa_image_caption"
 
@@ -27,8 +27,7 @@ def build_inputs(module, image: bytes) -> list:
 
 
 def parse_result(result) -> str:
-    caption = result.as_numpy("caption")[0, 0]
-    return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+    return string_output(result, "caption")
 
 
 class ImageCaptionClient(TritonClient):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..preprocessing import ImagePromptPreprocessor
+from ..preprocessing import ImagePromptPreprocessor, stack  # noqa: F401  (the batch)
 
 
 class CaptionPreprocessor(ImagePromptPreprocessor):
@@ -22,7 +22,3 @@ class CaptionPreprocessor(ImagePromptPreprocessor):
     def __call__(self, image_bytes: bytes) -> dict[str, np.ndarray]:
         """One request's tensors, without the batch dimension."""
         return {"input_ids": self.input_ids.copy(), "patch_images": self.image_inputs(image_bytes)}
-
-
-def stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.stack([item[name] for item in items]) for name in items[0]}

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..base import OfaTask, TaskSettings
+from ..base import OfaTask, TaskSettings, read_answer_map
 from .labels import DEFAULT_ANSWER_MAP
 from .prompts import HYPOTHESIS_ONLY_PROMPT, PREMISE_HYPOTHESIS_PROMPT
 # Released SNLI-VE fine-tunes: 480 px, prev_output, 80 source tokens.
@@ -47,19 +47,13 @@ class VisualEntailment(OfaTask):
         return dict(RELEASED_SETTINGS)
 
     def read_settings(self, model_cfg: Mapping[str, Any], directory: Path) -> TaskSettings:
-        from ...checkpoint import CheckpointError, read_json
+        from ...checkpoint import CheckpointError
 
-        answer_map_name = model_cfg.get("answer2label")
-        if answer_map_name:
-            answer_map_path = directory / answer_map_name
-            if not answer_map_path.is_file():
-                raise CheckpointError(f"configuration.json names the answer map "
-                                      f"{answer_map_name!r}, but {answer_map_path} does not exist")
-            answer_map = read_json(answer_map_path)
-        else:
-            answer_map = DEFAULT_ANSWER_MAP
-        if not answer_map:
-            raise CheckpointError("the answer map is empty")
+        if model_cfg.get("prompt_type") not in ("none", "prev_output"):
+            # ModelScope's visual-entailment inference raises NotImplementedError on the rest.
+            raise CheckpointError(f"prompt_type {model_cfg.get('prompt_type')!r}: ModelScope's "
+                                  "visual entailment takes 'none' and 'prev_output'")
+        answer_map = read_answer_map(model_cfg, directory) or DEFAULT_ANSWER_MAP
         # ModelScope: cfg.model.prompt overrides the prompt of whichever form is used.
         prompt = model_cfg.get("prompt")
         return VisualEntailmentSettings(

@@ -1,14 +1,14 @@
-"""Image captioning: Triton against the services it replaces, side by side in one run.
+"""The generating tasks: Triton against the services it replaces, side by side in one run.
 
-    python -m benchmarks.captioning     # make bench runs it after the entailment benchmark
+    python -m benchmarks.generation --task captioning vqa grounding   # make bench's second half
 
-The same harness as benchmarks/run.py: a generated captioning checkpoint (OFA-tiny
-architecture, 256 px, beam 5, max_len_b 16, random weights) exported with the CPU defaults;
-Triton's ``ofa_image_caption`` measured by perf_analyzer over gRPC with the composing models'
-breakdown; then one closed-loop load generator, the same photo-like JPEGs, interleaved per
-concurrency: Triton (HTTP), ModelScope's own ``pipeline(Tasks.image_captioning)`` behind a
+The same harness as benchmarks/run.py, per task: a generated checkpoint of the task (OFA-tiny
+architecture, 256 px, the task's released beam search, random weights) exported with the CPU
+defaults; Triton's public model measured by perf_analyzer over gRPC with the composing
+models' breakdown; then one closed-loop load generator, the same photo-like JPEGs and texts,
+interleaved per concurrency: Triton (HTTP), ModelScope's own pipeline of the task behind a
 one-at-a-time web app (reference environment), and this project's generation module in the
-same shape. Writes benchmarks/results/cpu_captioning.json, its plot and perf_analyzer CSVs.
+same shape. Writes benchmarks/results/cpu_<task>.json, its plot and perf_analyzer CSVs.
 """
 
 from __future__ import annotations
@@ -25,16 +25,35 @@ from benchmarks.run import (HEADLINE_CONCURRENCY, RESULTS, ROOT, WORK, BaselineS
                             commit, headline, interleaved_sweep, log, machine, model_statistics,
                             plot)
 
-PROFILE = dict(model="ofa-tiny architecture, 256 px, beam 5, max_len_b 16, random weights",
-               image_size=256, concurrency=(1, 2, 4, 8, 16), duration=10.0, perf_ms=4000,
+PROFILE = dict(image_size=256, concurrency=(1, 2, 4, 8, 16), duration=10.0, perf_ms=4000,
                rounds=3, preprocess_instances=2, encoder_decoder_instances=1,
                max_batch_size=16, queue_delay_us=5000)
-NAME = "cpu_captioning"
+# Per task: its checkpoint, public model, inputs, baselines, and what differs in the profile.
+TASKS = {
+    "captioning": dict(
+        task="image-captioning", public_model="ofa_image_caption",
+        model="ofa-tiny architecture, 256 px, beam 5, max_len_b 16, random weights",
+        generator="ofa_caption_generator", inputs=("image",), build="caption_inputs",
+        baseline="modelscope-caption", eager="eager-caption"),
+    "vqa": dict(
+        task="visual-question-answering", public_model="ofa_visual_question_answering",
+        model="ofa-tiny architecture, 256 px, free generation, beam 5, max_len_b 16, random "
+              "weights", generator="ofa_vqa_generator", inputs=("image", "question"),
+        build="vqa_inputs", baseline="modelscope-vqa", eager="eager-vqa",
+        profile=dict(concurrency=(1, 4, 8))),
+    "grounding": dict(
+        task="visual-grounding", public_model="ofa_visual_grounding",
+        model="ofa-tiny architecture, 256 px, beam 5, four <bin_*> tokens, random weights",
+        generator="ofa_grounding_generator", inputs=("image", "text"),
+        build="grounding_inputs", baseline="modelscope-grounding", eager="eager-grounding",
+        profile=dict(concurrency=(1, 4, 8))),
+}
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", nargs="+", choices=sorted(TASKS), default=["captioning"])
     parser.add_argument("--duration", type=float, help="seconds per load level")
     parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument("--rounds", type=int, help="interleaved rounds at the headline level")
@@ -43,17 +62,24 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--work-dir", type=Path, default=WORK)
     args = parser.parse_args(argv)
-    profile = dict(PROFILE)
+    return [measure(args, name) for name in args.task]
+
+
+def measure(args: argparse.Namespace, task_name: str) -> Path:
+    spec = TASKS[task_name]
+    profile = {**PROFILE, **spec.get("profile", {}), "model": spec["model"]}
     for key in ("duration", "concurrency", "rounds"):
         if getattr(args, key):
             profile[key] = getattr(args, key)
     profile["concurrency"] = tuple(sorted({*profile["concurrency"], HEADLINE_CONCURRENCY}))
+    name = f"cpu_{task_name}"
 
     sys.path.insert(0, str(ROOT / "src"))
     import tritonclient.http as httpclient
 
     from benchmarks.inputs import build_requests, write_perf_analyzer_inputs
-    from benchmarks.loadgen import TritonTarget, caption_inputs, run_load
+    from benchmarks import loadgen
+    from benchmarks.loadgen import TritonTarget, run_load
     from benchmarks.perf import run_perf_analyzer
     from ofa_triton.export import export_repository
     from ofa_triton.server import ServerOptions, TritonServer, free_port
@@ -65,11 +91,10 @@ def main(argv: list[str] | None = None) -> Path:
     work, results_dir = args.work_dir, args.results_dir
     work.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint, repository = work / "checkpoint-caption", work / "repository-caption"
-    log(f"[1/4] checkpoint ({profile['model']}) and export")
+    checkpoint, repository = work / f"checkpoint-{task_name}", work / f"repository-{task_name}"
+    log(f"[1/4] {task_name}: checkpoint ({profile['model']}) and export")
     if not (checkpoint / "pytorch_model.bin").is_file():
-        generate_tiny_checkpoint(checkpoint, task="image-captioning",
-                                 image_size=profile["image_size"])
+        generate_tiny_checkpoint(checkpoint, task=spec["task"], image_size=profile["image_size"])
     shutil.rmtree(repository, ignore_errors=True)
     options = ServingOptions(max_batch_size=profile["max_batch_size"],
                              queue_delay_us=profile["queue_delay_us"],
@@ -78,28 +103,29 @@ def main(argv: list[str] | None = None) -> Path:
     record = export_repository(checkpoint, repository, options=options,
                                progress=lambda m: log("      " + m.strip()))
     requests = build_requests()
-    inputs_json = write_perf_analyzer_inputs(requests, work / "perf_analyzer_caption_inputs.json",
-                                             inputs=("image",))
+    inputs_json = write_perf_analyzer_inputs(requests, work / f"perf_analyzer_{task_name}.json",
+                                             inputs=spec["inputs"])
 
     log("[2/4] starting Triton and the baselines (all idle until measured)")
     server = TritonServer(ServerOptions.loopback(repository),
-                          log_path=work / "tritonserver-caption.log")
+                          log_path=work / f"tritonserver-{task_name}.log")
     baselines = []
     if not args.skip_baselines:
         if args.reference_python.is_file():
-            baselines.append(BaselineService("baseline", "modelscope-caption",
+            baselines.append(BaselineService("baseline", spec["baseline"],
                                              args.reference_python, checkpoint, free_port(),
                                              work))
         else:
             log(f"  no ModelScope baseline: no reference environment at "
                 f"{args.reference_python} (make reference-env)")
-        baselines.append(BaselineService("baseline_eager", "eager-caption", Path(sys.executable),
+        baselines.append(BaselineService("baseline_eager", spec["eager"], Path(sys.executable),
                                          checkpoint, free_port(), work))
     perf_rows = []
     try:
         with server:
             server.wait_ready(600)
-            targets = [TritonTarget(server.http_url, "ofa_image_caption", build=caption_inputs)]
+            targets = [TritonTarget(server.http_url, spec["public_model"],
+                                    build=getattr(loadgen, spec["build"]))]
             targets += [b.target() for b in baselines]
             for target in targets:   # warm-up: first requests load lazily initialized code
                 run_load(target, requests, 2, 3.0, warmup=0)
@@ -108,12 +134,12 @@ def main(argv: list[str] | None = None) -> Path:
             for concurrency in profile["concurrency"]:
                 before = model_statistics(stats)
                 row = run_perf_analyzer(server.grpc_url, inputs_json, concurrency,
-                                        results_dir / f"{NAME}_perf_analyzer_c{concurrency}.csv",
+                                        results_dir / f"{name}_perf_analyzer_c{concurrency}.csv",
                                         work, measurement_ms=profile["perf_ms"],
-                                        model="ofa_image_caption")
+                                        model=spec["public_model"])
                 row["composing_models"] = breakdown(before, model_statistics(stats))
                 perf_rows.append(row)
-                generator = row["composing_models"].get("ofa_caption_generator", {})
+                generator = row["composing_models"].get(spec["generator"], {})
                 log(f"  perf_analyzer c={concurrency}: {row['throughput']:.2f}/s p99 "
                     f"{row['p99_ms']:.0f} ms, generator batch "
                     f"{generator.get('average_batch_size') or 0:.2f}")
@@ -128,14 +154,14 @@ def main(argv: list[str] | None = None) -> Path:
                     f"{HEADLINE_CONCURRENCY}")
                 extra = interleaved_sweep(targets, requests,
                                           {**profile, "concurrency": (HEADLINE_CONCURRENCY,)})
-                for name, rows in extra.items():
-                    rounds[name] += rows
+                for system, rows in extra.items():
+                    rounds[system] += rows
     finally:
         for baseline in baselines:
             baseline.stop()
 
     results = {
-        "task": "image-captioning",
+        "task": spec["task"],
         "triton": headline(rounds["triton"]),
         "triton_perf_analyzer_grpc": headline(perf_rows),
         "baseline": headline(rounds.get("baseline")),
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> Path:
             "p99_triton_over_modelscope":
                 results["triton"]["p99_ms"] / results["baseline"]["p99_ms"],
         }
-    out = results_dir / f"{NAME}.json"
+    out = results_dir / f"{name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     log(f"wrote {out} and {out.with_suffix('.png')} in {results['seconds']:.0f} s")

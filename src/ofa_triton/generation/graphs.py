@@ -1,11 +1,12 @@
-"""Captioning's two ONNX graphs for onnxruntime, and the beam search's decoder over them.
+"""The generation engine's two ONNX graphs for onnxruntime, and the beam search's decoder
+over them.
 
 - ``encoder.onnx``: (input_ids, patch_images) -> what every generation step reads and never
   changes: the encoder's keys and values of every decoder layer, its padding mask, and the
   position biases of every decoder position (OfaGenerationModel.start);
 - ``decoder_step.onnx``: (tokens, at, the self-attention cache, the encoder's part) -> the
   next token's log-probabilities and the updated cache (OfaGenerationModel.step). The cache
-  goes in and out, of a fixed length (the longest caption), so one graph serves every step.
+  goes in and out, of a fixed length (the longest output), so one graph serves every step.
 
 Export configs as ``onnx_export.OnnxExportConfig`` is for the entailment scorer: names,
 dynamic axes and random inputs; validation runs each graph against the PyTorch module.
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...modeling.decoder import DecoderCache
-from ...modeling.generation import OfaGenerationModel
-from ...onnx_export import ONNX_OPSET
+from ..modeling.decoder import DecoderCache
+from ..modeling.generation import OfaGenerationModel
+from ..onnx_export import ONNX_OPSET
 
 ENCODER_GRAPH = "encoder.onnx"
 STEP_GRAPH = "decoder_step.onnx"
@@ -64,7 +65,8 @@ class StepGraph(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class EncoderGraphConfig:
     image_size: int
-    prompt_ids: tuple[int, ...]
+    # A source of the task's (its prompt's token ids): the random inputs' token ids.
+    source_ids: tuple[int, ...]
     opset: int = ONNX_OPSET
     input_names: tuple[str, ...] = EncoderGraph.INPUT_NAMES
     output_names: tuple[str, ...] = EncoderGraph.OUTPUT_NAMES
@@ -81,7 +83,7 @@ class EncoderGraphConfig:
     def random_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         rng = np.random.Generator(np.random.PCG64(seed))
         pixels = rng.normal(0, 1, (batch, 3, self.image_size, self.image_size))
-        return {"input_ids": np.array([self.prompt_ids] * batch, dtype=np.int64),
+        return {"input_ids": np.array([self.source_ids] * batch, dtype=np.int64),
                 "patch_images": pixels.astype(np.float32)}
 
 
@@ -142,6 +144,12 @@ class OnnxDecoding:
         self.state.update(self_k=self_k, self_v=self_v)
         return torch.from_numpy(log_probs)
 
+    def fork(self) -> "OnnxDecoding":
+        """A decoder with the same state that reorders and steps on its own."""
+        twin = object.__new__(OnnxDecoding)
+        twin.step_session, twin.state = self.step_session, dict(self.state)
+        return twin
+
     def reorder(self, rows: Tensor) -> None:
         order = rows.numpy()
         for name in ("self_k", "self_v", "cross_k", "cross_v"):
@@ -153,7 +161,7 @@ def open_sessions(directory: Path, threads: int = 0):
     """The two graphs in onnxruntime's CPU provider."""
     import onnxruntime as ort
 
-    from ...runtime import session_options
+    from ..runtime import session_options
 
     options = session_options(threads)
     return tuple(ort.InferenceSession(str(Path(directory) / name), options,

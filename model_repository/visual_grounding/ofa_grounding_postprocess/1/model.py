@@ -1,0 +1,33 @@
+"""Triton adapter: the generated bins and the image's size -> the box in its pixels, exactly
+as ModelScope computes it (ofa_triton.tasks.visual_grounding.box)."""
+
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ofa_triton.manifest import verify_version_directory
+from ofa_triton.runtime import respond_each
+from ofa_triton.settings import ServingSettings
+from ofa_triton.tasks.visual_grounding.box import box_from_tokens
+from ofa_triton.warmup import warm_up
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        settings = ServingSettings.read(version_dir)
+        self.task, self.eos = settings.task, settings.eos_token_id
+        seconds = warm_up(args, self._boxes)
+        pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")
+
+    def _boxes(self, inputs):
+        return {"box": np.stack([box_from_tokens(tokens, size, self.task, self.eos)
+                                 for tokens, size in zip(inputs["tokens"],
+                                                         inputs["image_size"])])}
+
+    def execute(self, requests):
+        return respond_each(pb_utils, requests, lambda request: self._boxes(
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+             for name in ("tokens", "image_size")}), "postprocessing")

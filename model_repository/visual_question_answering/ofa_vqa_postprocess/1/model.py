@@ -1,0 +1,36 @@
+"""Triton adapter: the generator's tokens or answer index -> the answer, exactly as ModelScope
+words it (ofa_triton.tasks.visual_question_answering.answer_text)."""
+
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ofa_triton.manifest import verify_version_directory
+from ofa_triton.runtime import respond_each
+from ofa_triton.settings import ServingSettings
+from ofa_triton.tasks.visual_question_answering import answer_text
+from ofa_triton.text import OfaTextEncoder
+from ofa_triton.warmup import warm_up
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        self.settings = ServingSettings.read(version_dir).task
+        self.text = OfaTextEncoder(version_dir / "vocab.json", version_dir / "merges.txt",
+                                   max_src_length=self.settings.max_src_length,
+                                   prompt_type=self.settings.prompt_type)
+        seconds = warm_up(args, self._answers)
+        pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")
+
+    def _answers(self, inputs):
+        answers = [answer_text(self.text, tokens.tolist(), self.settings.answers, int(index[0]))
+                   for tokens, index in zip(inputs["tokens"], inputs["answer_index"])]
+        return {"answer": np.array([[a.encode("utf-8")] for a in answers], dtype=np.object_)}
+
+    def execute(self, requests):
+        return respond_each(pb_utils, requests, lambda request: self._answers(
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+             for name in ("tokens", "answer_index")}), "postprocessing")
