@@ -298,16 +298,18 @@ _VARIANT_ARCHITECTURE = dict(
 
 # VQA: free generation (no answer list; the released pretrain checkpoints' setting), generation
 # constrained to an answer list by a trie, and traverse (every answer scored). prompt_type,
-# image size, mean/std, text length, beam settings and architecture vary between them.
+# image size, mean/std, text length, beam settings and architecture vary between them. The
+# seeds are the ones (of a few tried) whose answers vary most across the cases with the best
+# and second beams (answer scores for traverse) furthest apart.
 VQA_CHECKPOINTS = {
-    "vqa_free": dict(task="visual-question-answering"),
+    "vqa_free": dict(task="visual-question-answering", seed=1),
     "vqa_trie": dict(
-        task="visual-question-answering", seed=11, image_size=96, imagenet_mean_std=True,
+        task="visual-question-answering", seed=1, image_size=96, imagenet_mean_std=True,
         max_src_length=24, prompt_type="src", answers=VQA_ANSWERS,
         beam_search=dict(beam_size=6, max_len_b=5, no_repeat_ngram_size=0, len_penalty=0.6),
         architecture_overrides=_VARIANT_ARCHITECTURE),
     "vqa_traverse": dict(
-        task="visual-question-answering", seed=13, image_size=80, prompt_type="prev_output",
+        task="visual-question-answering", seed=3, image_size=80, prompt_type="prev_output",
         gen_type="traverse", answers=VQA_ANSWERS),
 }
 
