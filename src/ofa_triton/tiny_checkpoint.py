@@ -224,8 +224,9 @@ def _shape_for_grounding(state: dict, model: OfaVisualEntailmentModel, num_bins:
     every box is made of the same few bins: the decoder's hidden state varies little between
     inputs next to its common part, and the bins whose random rows align with that common
     part win for every input. Measured with ModelScope's pipeline on the 36 golden cases of
-    each grounding checkpoint (31 and 32 distinct boxes of 36; best and second beams at least
-    0.0048 apart; no box changes when the pixels get N(0, 1e-4) noise):
+    each checkpoint of tests/golden/cases.py GROUNDING_CHECKPOINTS (34 and 30 distinct bin
+    quadruples of 36, 33 bins used; best and second beams at least 0.08 apart; no box changes
+    when the pixels get N(0, 1e-4) noise):
     - q and k projections x3 and the decoder's cross-attention x3, as for captions: attention
       that picks positions, so the hidden state depends on the image and the text (x6 makes
       more boxes distinct but chaotic: 1e-5 of pixel noise changes some);

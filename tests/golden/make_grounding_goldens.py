@@ -19,9 +19,10 @@ _visual_grounding_inference, preprocessors/ofa/visual_grounding.py, generate/
 sequence_generator.py):
 - box = (token - vocab_length + num_bins) / (num_bins - 1) * max_image_size, then x / w ratio
   and y / h ratio, where the ratios are patch_image_size / width and patch_image_size /
-  height of the image as loaded: computed in float32 torch (tokens int64, true division) and
-  returned by .tolist() as Python floats of float32 values, [[x0, y0, x1, y1]] (a list per
-  image; the order of corners is the generated one, x1 < x0 is not corrected, nor clipped).
+  height of the image as load_image returns it (EXIF orientation applied): computed in
+  float32 torch (tokens int64, true division) and returned by .tolist() as Python floats of
+  float32 values, [[x0, y0, x1, y1]] (a list per image; the order of corners is the
+  generated one, x1 < x0 is not corrected, nor clipped).
   max_image_size (default 512) is not the patch size: when they differ, boxes scale by their
   ratio. vocab_length is len(tokenizer.get_vocab()) with the 8192 codes and 1000 bins added.
 - 'scores' is the constant [1.0] per image; postprocess does not unwrap grounding outputs
