@@ -81,11 +81,13 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """HEAD, with "-dirty" when tracked files differ from it."""
+    """HEAD, with "-dirty" when tracked files differ from it (the results folder aside: a run
+    rewrites it, and results measure the code, not earlier results)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except OSError:
