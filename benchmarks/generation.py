@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.run import (HEADLINE_CONCURRENCY, RESULTS, ROOT, WORK, BaselineService, breakdown,
-                            commit, headline, interleaved_sweep, log, machine, model_statistics,
-                            plot)
+                            commit, headline, log, machine, model_statistics, plot,
+                            sweep_with_headline_rounds)
 
 PROFILE = dict(image_size=256, concurrency=(1, 2, 4, 8, 16), duration=10.0, perf_ms=4000,
                rounds=3, preprocess_instances=2, encoder_decoder_instances=1,
@@ -146,16 +146,7 @@ def measure(args: argparse.Namespace, task_name: str) -> Path:
             stats.close()
             log("[4/4] one closed-loop load generator: Triton (HTTP) and the baselines, "
                 "interleaved per concurrency")
-            sweeps = interleaved_sweep(targets, requests, profile)
-            rounds = {t.name: [r for r in sweeps[t.name]
-                               if r["concurrency"] == HEADLINE_CONCURRENCY] for t in targets}
-            for index in range(1, profile["rounds"]):
-                log(f"  round {index + 1} of {profile['rounds']} at concurrency "
-                    f"{HEADLINE_CONCURRENCY}")
-                extra = interleaved_sweep(targets, requests,
-                                          {**profile, "concurrency": (HEADLINE_CONCURRENCY,)})
-                for system, rows in extra.items():
-                    rounds[system] += rows
+            sweeps, rounds = sweep_with_headline_rounds(targets, requests, profile)
     finally:
         for baseline in baselines:
             baseline.stop()

@@ -185,6 +185,23 @@ class BaselineService:
         self.process.wait(30)
 
 
+def sweep_with_headline_rounds(targets, requests: list[dict], profile: dict
+                               ) -> tuple[dict, dict]:
+    """The interleaved sweep over the profile's concurrencies, then more interleaved rounds at
+    the headline concurrency (the headline is their median); returns the sweeps and, per
+    target, its rows at the headline concurrency."""
+    sweeps = interleaved_sweep(targets, requests, profile)
+    rounds = {t.name: [r for r in sweeps[t.name] if r["concurrency"] == HEADLINE_CONCURRENCY]
+              for t in targets}
+    for index in range(1, profile["rounds"]):
+        log(f"  round {index + 1} of {profile['rounds']} at concurrency {HEADLINE_CONCURRENCY}")
+        extra = interleaved_sweep(targets, requests,
+                                  {**profile, "concurrency": (HEADLINE_CONCURRENCY,)})
+        for name, rows in extra.items():
+            rounds[name] += rows
+    return sweeps, rounds
+
+
 def headline(rows: list[dict] | None) -> dict | None:
     """The figures at the headline concurrency; the median over rounds where there are several."""
     import statistics
@@ -344,18 +361,7 @@ def main(argv: list[str] | None = None) -> Path:
             stats_client.close()
             log("[4/5] one closed-loop load generator: Triton (HTTP) and the baselines, "
                 "interleaved per concurrency")
-            sweeps = interleaved_sweep(targets, requests, profile)
-            # More interleaved rounds at the headline concurrency; the headline is the median.
-            headline_rounds = {t.name: [next(r for r in sweeps[t.name]
-                                             if r["concurrency"] == HEADLINE_CONCURRENCY)]
-                               for t in targets}
-            for round_index in range(1, profile["rounds"]):
-                log(f"  round {round_index + 1} of {profile['rounds']} at concurrency "
-                    f"{HEADLINE_CONCURRENCY}")
-                extra = interleaved_sweep(targets, requests,
-                                          {**profile, "concurrency": (HEADLINE_CONCURRENCY,)})
-                for target_name, rows in extra.items():
-                    headline_rounds[target_name] += rows
+            sweeps, headline_rounds = sweep_with_headline_rounds(targets, requests, profile)
     finally:
         for baseline in baselines:
             baseline.stop()

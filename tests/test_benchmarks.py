@@ -87,7 +87,9 @@ def generation_results(tmp_path_factory):
     from benchmarks import generation
 
     root = tmp_path_factory.mktemp("bench-generation")
-    outs = generation.main(["--task", *GENERATING, "--concurrency", "1", "--duration", "2",
+    # 5 s a level: at concurrency 8 a one-at-a-time service answers its eighth request after
+    # 8 x ~350 ms here, and a level counts only requests that start and end within it.
+    outs = generation.main(["--task", *GENERATING, "--concurrency", "1", "--duration", "5",
                             "--rounds", "1",
                             "--reference-python", str(root / "no-reference-environment"),
                             "--results-dir", str(root / "results"),

@@ -58,7 +58,7 @@ PROFILES = {
                 comparison_concurrency=(1, 16, 64), comparison_s=8.0, gemm_size=8192,
                 generation_concurrency={"captioning": (16, 64, 256), "vqa": (64,),
                                         "grounding": (64,)},
-                generation_max_batch_size=64,
+                generation_max_batch_size=64, generation_perf_ms=3000,
                 budget_s=450, server_timeout_s=300),
     "smoke": dict(model="ofa-tiny architecture, 64 px, fp32, random weights (CPU smoke run)",
                   architecture={}, image_size=64, device="cpu", precision="fp32",
@@ -67,7 +67,9 @@ PROFILES = {
                   concurrency=(1, 4), perf_ms=800, perf_trials=3,
                   comparison_concurrency=(2,), comparison_s=2.0, gemm_size=512,
                   generation_concurrency={"captioning": (2,), "vqa": (2,), "grounding": (2,)},
-                  generation_max_batch_size=8,
+                  # Longer windows than entailment's: a generating request takes longer, and
+                  # perf_analyzer must see enough of them in a window to call it stable.
+                  generation_max_batch_size=8, generation_perf_ms=2000,
                   budget_s=280, server_timeout_s=120),
 }
 # The golden checkpoint compared on the device in these precisions.
@@ -490,13 +492,14 @@ def measure_generation(run: DeviceRun, checkpoint: Path, task: str, record: dict
         stats = httpclient.InferenceServerClient(server.http_url)
         record["levels"] = []
         for concurrency in profile["generation_concurrency"][task]:
-            if run.remaining() < profile["perf_ms"] / 1e3 * profile["perf_trials"] + 10:
+            window_ms = profile["generation_perf_ms"]
+            if run.remaining() < window_ms / 1e3 * profile["perf_trials"] + 10:
                 record.setdefault("skipped_levels", []).append(concurrency)
                 continue
             before = model_statistics(stats)
             row = run_perf_analyzer(server.grpc_url, inputs, concurrency,
                                     run.work / f"{task}_perf_c{concurrency}.csv", run.work,
-                                    measurement_ms=profile["perf_ms"],
+                                    measurement_ms=window_ms,
                                     max_trials=profile["perf_trials"], grow_window=False,
                                     model=spec["public_model"])
             row["composing_models"] = breakdown(before, model_statistics(stats))

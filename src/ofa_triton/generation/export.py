@@ -16,11 +16,12 @@ import torch
 
 from ..modeling.generation import OfaGenerationModel
 from ..onnx_export import ExportValidationError
+from ..runtime import trim_padding
 from ..settings import ServingSettings
 from ..text import OfaTextEncoder, decoder_prompt
-from .answers import AnswerTrie, score_answers
-from .beam_search import beam_search
-from .search import cached_decoding, generate, special_tokens
+from .answers import AnswerTrie, score_answers, softmax_choice
+from .beam_search import Hypothesis, beam_search
+from .search import best_tokens, cached_decoding, generate, special_tokens
 
 if TYPE_CHECKING:
     from ..export import LoadedCheckpoint
@@ -175,7 +176,6 @@ def write_generator(loaded: LoadedCheckpoint, directory: Path, *, runtime: str, 
                     batch: dict[str, np.ndarray], progress: Progress = print) -> dict[str, Any]:
     """The generation module for ``runtime`` in ``directory``, validated on ``batch`` (a few
     of the task's preprocessed requests)."""
-    from ..runtime import trim_padding
     from ..torch_runtime import write_torch_model
 
     batch = trim_padding(batch, loaded.text.pad_id)
@@ -194,11 +194,6 @@ def write_generator(loaded: LoadedCheckpoint, directory: Path, *, runtime: str, 
 def warmup_result(loaded: LoadedCheckpoint, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The generator's outputs for ``batch`` with the export's fp32 module: what the warmup
     sample feeds the postprocessing model."""
-    from .search import best_tokens
-    from .answers import softmax_choice
-
-    from ..runtime import trim_padding
-
     task = loaded.settings.task
     batch = trim_padding(batch, loaded.text.pad_id)
     rows = len(batch["input_ids"])
@@ -211,8 +206,6 @@ def warmup_result(loaded: LoadedCheckpoint, batch: dict[str, np.ndarray]) -> dic
     if task.traverse:
         answer_index[:, 0] = softmax_choice(result)[0]
     else:
-        from .beam_search import Hypothesis
-
         tokens, _ = best_tokens([[Hypothesis(s[0], 0.0)] for s in result], task.output_length,
                                 loaded.text.pad_id)
     return {"tokens": tokens, "answer_index": answer_index}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..preprocessing import ImagePromptPreprocessor, stack  # noqa: F401  (the batch)
+from ..preprocessing import ImagePromptPreprocessor
 
 
 class CaptionPreprocessor(ImagePromptPreprocessor):
