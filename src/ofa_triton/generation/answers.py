@@ -111,17 +111,12 @@ def score_answers(decoder, prompts: Sequence[Sequence[int]], answers: Sequence[S
             j = at - prompt_length + 1          # the answer token this step predicts
             if j < 0:
                 continue
-            targets, allowed, live = [], [], []
-            for row in range(len(fed)):
-                answer = chunk[row % len(chunk)]
-                if j > len(answer):
-                    targets.append(pad)
-                    allowed.append([])
-                    live.append(False)
-                    continue
-                targets.append(answer[j] if j < len(answer) else trie.eos)
-                allowed.append(trie.next_tokens([trie.bos, *answer[:j]]))
-                live.append(True)
+            # What this step predicts for each answer of the chunk, the same for every
+            # request: its target, the trie's allowed tokens, and whether it is still live.
+            per_answer = [(a[j] if j < len(a) else trie.eos,
+                           trie.next_tokens([trie.bos, *a[:j]]), True) if j <= len(a)
+                          else (pad, [], False) for a in chunk]
+            targets, allowed, live = (list(column) * requests for column in zip(*per_answer))
             picked = renormalize(log_probs.float(), allowed).gather(
                 1, torch.tensor(targets)[:, None])[:, 0]
             total += torch.where(torch.tensor(live), picked, torch.zeros_like(picked))
