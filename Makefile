@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 WORK := work
-TINY := $(WORK)/tiny
 REPOSITORY := $(WORK)/model_repository
 
 REF_STAMP := .venv-ref/.installed
@@ -24,12 +23,10 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Serve the built-in default model: the generated tiny checkpoint (random weights), exported
-# on first run. Ctrl-C stops the server.
+# Serve the built-in default models: a generated tiny checkpoint (random weights) per task,
+# all four exported into one repository on the first run. Ctrl-C stops the server.
 serve: $(STAMP)
-	@test -f $(TINY)/pytorch_model.bin || $(VENV)/bin/ofa-triton make-tiny-checkpoint $(TINY)
-	@test -f $(REPOSITORY)/ofa_encoder_decoder/1/model.onnx || \
-		$(VENV)/bin/ofa-triton export --model $(TINY) --repository $(REPOSITORY)
+	$(VENV)/bin/ofa-triton make-builtin-repository $(REPOSITORY) --checkpoints $(WORK)/checkpoints
 	$(VENV)/bin/ofa-triton serve --repository $(REPOSITORY)
 
 # The ModelScope reference environment (.venv-ref): goldens and the benchmark's baseline.

@@ -56,6 +56,14 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_builtin(args: argparse.Namespace) -> int:
+    from .builtin import build_builtin_repository
+
+    build_builtin_repository(args.repository, args.checkpoints)
+    print(f"the built-in models (tiny, random weights, all four tasks) are in {args.repository}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, run_foreground
 
@@ -375,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=None)
     tiny.add_argument("--image-size", type=int, default=None)
     tiny.set_defaults(handler=_make_tiny)
+
+    builtin = commands.add_parser(
+        "make-builtin-repository", help="generate a tiny checkpoint (random weights) for each "
+        "task and export them all into one repository: the built-in default model of make serve "
+        "(what exists already is kept)")
+    builtin.add_argument("repository", type=Path)
+    builtin.add_argument("--checkpoints", type=Path, default=Path("work/checkpoints"),
+                         help="where the generated checkpoints go (default: work/checkpoints)")
+    builtin.set_defaults(handler=_make_builtin)
     return parser
 
 
