@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from ofa_triton.manifest import MANIFEST_FILE, verify_repository
+from ofa_triton.manifest import (ALLOW_MISMATCH_ENV, MANIFEST_FILE, ManifestError, package_versions,
+                                 read_manifest, verify_repository, verify_version_directory)
 from tests.conftest import start_triton
 
 MODELS = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess", "ofa_visual_entailment")
@@ -74,3 +75,53 @@ def test_a_tampered_graph_is_refused_at_load(repository, tmp_path):
         server.wait_ready(120)
     log = server.log()
     assert "refusing to load" in log and "model.onnx: sha256 differs" in log
+
+
+def test_the_warmup_sample_is_in_the_manifest(repository):
+    artifacts = json.loads((repository / "ofa_preprocess/1" / MANIFEST_FILE).read_text())[
+        "artifacts"]
+    assert {"warmup/image", "warmup/hypothesis"} <= set(artifacts)
+    (repository / "ofa_preprocess/1/warmup/image").write_bytes(b"not the sample")
+    assert any("warmup/image: sha256 differs" in line
+               for line in verify_repository(repository)["ofa_preprocess/1"])
+
+
+def _record_versions(version_dir, **changed):
+    record = read_manifest(version_dir)
+    record["versions"] = {**record["versions"], **changed}
+    (version_dir / MANIFEST_FILE).write_text(json.dumps(record))   # not hashed itself
+
+
+def test_another_release_of_what_computes_answers_is_refused_and_a_patch_warned(
+        repository, monkeypatch):
+    version_dir = repository / "ofa_preprocess/1"
+    running = package_versions()
+    assert verify_version_directory(version_dir, running) == []   # exported here
+    patch = running["numpy"].rsplit(".", 1)[0] + ".999"
+    _record_versions(version_dir, numpy=patch, tokenizers=running["tokenizers"] + "1",
+                     triton="9.9.9")   # Triton's release is not visible from a model
+    warnings = verify_version_directory(version_dir, running)
+    assert [line.split(": ", 1)[1] for line in warnings] == [
+        f"numpy {running['numpy']} here, {patch} at export",
+        f"tokenizers {running['tokenizers']} here, {running['tokenizers']}1 at export"]
+    _record_versions(version_dir, pillow="12.1.0")
+    with pytest.raises(ManifestError) as refused:
+        verify_version_directory(version_dir, running)
+    assert (f"pillow {running['pillow']} here, 12.1.0 at export: image decoding and resizing "
+            f"may differ") in str(refused.value)
+    assert f"set {ALLOW_MISMATCH_ENV}=1" in str(refused.value)
+    monkeypatch.setenv(ALLOW_MISMATCH_ENV, "1")
+    allowed = verify_version_directory(version_dir, running)
+    assert f"(allowed by {ALLOW_MISMATCH_ENV}=1)" in allowed[0] and "pillow" in allowed[0]
+
+
+def test_a_version_exported_under_another_pillow_is_refused_at_load(repository, tmp_path):
+    """What the Python models run, not only the files: Pillow 12.1 and 13.0 resize the same
+    image to pixels up to 0.19 apart, so a version exported under the other is refused."""
+    _record_versions(repository / "ofa_preprocess/1", pillow="12.1.0")
+    server = start_triton(repository, tmp_path)
+    with server, pytest.raises(RuntimeError, match="exited"):
+        server.wait_ready(120)
+    log = server.log()
+    assert "it was exported under other versions of what computes its answers" in log
+    assert "pillow" in log and "12.1.0 at export" in log

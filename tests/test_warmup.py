@@ -19,6 +19,7 @@ from ofa_triton.limits import InputLimits
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_entailment.export import SAMPLE_HYPOTHESIS, sample_request
+from ofa_triton.manifest import read_manifest, write_manifest
 from ofa_triton.warmup import (SAMPLE_SIZE, WarmupError, read_warmup_sample, serialize_strings,
                                warm_up)
 from tests.conftest import start_triton
@@ -37,7 +38,7 @@ def test_export_writes_a_real_sample_for_every_step(exported_repositories):
     repository = exported_repositories["tiny"]
     version_dir = repository / "ofa_preprocess" / "1"
     task = ServingSettings.read(version_dir).task
-    sample = {step: read_warmup_sample(model_config(repository / step), repository / step)
+    sample = {step: read_warmup_sample(model_config(repository / step), repository / step / "1")
               for step in STEPS}
     request = sample["ofa_preprocess"]
     assert Image.open(io.BytesIO(request["image"][0, 0])).size == SAMPLE_SIZE
@@ -95,8 +96,13 @@ def test_every_instance_of_every_step_warms_up(exported_repositories, tmp_path):
 def test_a_version_that_fails_its_warmup_never_becomes_ready(exported_repositories, tmp_path):
     repository = tmp_path / "repository"
     shutil.copytree(exported_repositories["tiny"], repository)
-    (repository / "ofa_preprocess" / "warmup" / "image").write_bytes(
+    version_dir = repository / "ofa_preprocess" / "1"
+    (version_dir / "warmup" / "image").write_bytes(
         serialize_strings([b"these bytes are not an image"]))
+    # The manifest covers the sample: re-record it, so that the load gets as far as warmup.
+    record = read_manifest(version_dir)
+    del record["artifacts"]
+    write_manifest(version_dir, record)
     with start_triton(repository, tmp_path) as server:
         with pytest.raises(RuntimeError, match="exited with code 1;"):
             server.wait_ready(timeout=120)

@@ -448,7 +448,7 @@ def build_kit(output: Path = DEFAULT_OUTPUT, progress: ProgressFn = print,
     """Write the kit into ``output`` (replacing a kit there) and return its KIT.json record.
     Downloads go to a scratch directory that is deleted afterwards."""
     from benchmarks.run import commit
-    from ofa_triton.export import TRITON_VERSION
+    from ofa_triton.manifest import TRITON_VERSION
 
     started = time.monotonic()
     output = Path(output).resolve()

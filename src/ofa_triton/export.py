@@ -5,9 +5,9 @@ Layout written under the repository (one Triton version directory per model; eve
 name may carry the export's name prefix):
 
     <model>/config.pbtxt                              rendered from model_repository/
-    <model>/warmup/                                   the warmup sample's tensors (warmup.py)
     <model>/<version>/manifest.json                   source and artifact sha256, settings,
                                                       validation, versions (every model)
+    <model>/<version>/warmup/                         the warmup sample's tensors (warmup.py)
     ofa_encoder_decoder/<version>/model.onnx          the scorer graph (--runtime onnxruntime)
     ofa_encoder_decoder/<version>/model.safetensors   or its weights and architecture
               .../ofa_architecture.json               (--runtime torch; torch_runtime.py)
@@ -29,28 +29,21 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .checkpoint import OfaCheckpoint, open_checkpoint
 from .limits import InputLimits
-from .manifest import MANIFEST_FILE, write_manifest
+from .manifest import MANIFEST_FILE, package_versions, write_manifest
 from .onnx_export import ONNX_OPSET
 from .runtime import RUNTIMES, RuntimeRecord
 from .settings import ServingSettings
 from .text import OfaTextEncoder
 from .triton_config import (ModelNames, ServedVersions, ServingOptions, check_output_directory,
                             read_served_versions, write_model_files)
-
-# The Triton release the tests serve with (nvidia-pytriton 0.7.0 ships it). The GPU image's
-# base (docker/Dockerfile) is a newer release: README, "The GPU container".
-TRITON_VERSION = "2.51.0"
 
 DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
 # onnxruntime on the CPU (measured: BENCHMARKS.md); on GPUs the PyTorch runtime, the one that
@@ -92,19 +85,6 @@ def load_opened(checkpoint: OfaCheckpoint) -> LoadedCheckpoint:
     text = text_encoder(checkpoint)
     model, settings = checkpoint.task.load(checkpoint, text)
     return LoadedCheckpoint(checkpoint, text, model, settings)
-
-
-def package_versions() -> dict[str, str]:
-    names = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors", "tokenizers", "numpy",
-             "pillow")
-    versions = {"ofa-triton": __version__, "python": platform.python_version(),
-                "triton": TRITON_VERSION}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def existing_versions(repository: Path, names: ModelNames) -> dict[int, Path]:
@@ -225,7 +205,7 @@ def export_repository(source: str | Path, repository: str | Path, *,
         if template in checkpoint.task.tokenizer_models:
             shutil.copyfile(checkpoint.vocab_file, directory / "vocab.json")
             shutil.copyfile(checkpoint.merges_file, directory / "merges.txt")
-    checkpoint.task.write_warmup_files(repository, names, loaded)
+    checkpoint.task.write_warmup_files(repository, version, names, loaded)
 
     record = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -5,22 +5,84 @@ source checkpoint and its files' sha256, every artifact of that version director
 sha256, the export settings, the parity figures measured at export, package and Triton
 versions, and the creation time. ``verify_repository`` (``ofa-triton verify``) and the Python
 models at load time (``verify_version_directory``) compare the files with it.
+
+The answers also depend on code outside the version directory: this package, Pillow (image
+decoding and resizing) and tokenizers (BPE) in the server's environment. At load,
+``verify_version_directory`` compares their versions with the ones recorded at export and
+refuses a version whose answers they would change (another major.minor release of one of
+them); any other difference (a patch release, numpy, the runtimes) is returned as a warning
+for the model's log. ``OFA_TRITON_ALLOW_VERSION_MISMATCH=1`` in the server's environment turns
+the refusal into a warning, for an operator who has checked the answers under the new versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from . import __version__
 
 MANIFEST_FILE = "manifest.json"
 # Written next to the artifacts by Python itself, not by the export.
 IGNORED = ("__pycache__",)
 
+# The Triton release the tests serve with (nvidia-pytriton 0.7.0 ships it). The GPU image's
+# base (docker/Dockerfile) is a newer release: README, "The GPU container".
+TRITON_VERSION = "2.51.0"
+RECORDED_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors",
+                     "tokenizers", "numpy", "pillow")
+# Packages whose release changes the answers, and what they compute: a version exported under
+# another major.minor of one of them is refused at load. Pillow 12.1 and 13.0 resize the same
+# image to pixels up to 0.19 apart (the goldens allow 1e-6).
+ANSWER_CHANGING = {"ofa-triton": "the pre- and postprocessing",
+                   "pillow": "image decoding and resizing",
+                   "tokenizers": "the BPE tokens"}
+ALLOW_MISMATCH_ENV = "OFA_TRITON_ALLOW_VERSION_MISMATCH"
+
 
 class ManifestError(RuntimeError):
     """A version directory does not match its manifest; the message names the files."""
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of what computes the answers, in this environment (recorded at export,
+    compared at load)."""
+    versions = {"ofa-triton": __version__, "python": platform.python_version(),
+                "triton": TRITON_VERSION}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _release(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def version_differences(recorded: Mapping[str, str],
+                        running: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(refusals, warnings): each package whose version differs between the export's record
+    and this environment, one line each. The server's Triton release is not visible from a
+    model, so "triton" is not compared."""
+    refusals, warnings = [], []
+    for name, exported in sorted(recorded.items()):
+        now = running.get(name)
+        if name == "triton" or now is None or now == exported:
+            continue
+        line = f"{name} {now} here, {exported} at export"
+        if name in ANSWER_CHANGING and _release(now) != _release(exported):
+            refusals.append(f"{line}: {ANSWER_CHANGING[name]} may differ")
+        else:
+            warnings.append(line)
+    return refusals, warnings
 
 
 def sha256_file(path: Path) -> str:
@@ -78,11 +140,35 @@ def problems_in(version_dir: Path) -> list[str]:
     return problems
 
 
-def verify_version_directory(version_dir: Path) -> None:
-    """Raise ManifestError naming every file that does not match (used at model load)."""
+def verify_version_directory(version_dir: Path,
+                             running: Mapping[str, str] | None = None) -> list[str]:
+    """At model load: raise ManifestError naming every file that does not match, or every
+    package release (``running``, default this environment's) that would change the answers;
+    returns the other version differences, one warning line each, for the model's log."""
     problems = problems_in(version_dir)
     if problems:
         raise ManifestError("refusing to load: " + "; ".join(problems))
+    recorded = read_manifest(version_dir).get("versions", {})
+    refusals, warnings = version_differences(recorded, running or package_versions())
+    if refusals and os.environ.get(ALLOW_MISMATCH_ENV) == "1":
+        warnings = [f"{line} (allowed by {ALLOW_MISMATCH_ENV}=1)" for line in refusals] + warnings
+    elif refusals:
+        raise ManifestError(
+            f"refusing to load {version_dir}: it was exported under other versions of what "
+            f"computes its answers: {'; '.join(refusals)}. Serve it with the versions it was "
+            f"exported with, or export it again here; or, once you have checked its answers "
+            f"here, set {ALLOW_MISMATCH_ENV}=1 in the server's environment")
+    return [f"{version_dir}: {line}" for line in warnings]
+
+
+def checked_version_directory(args: Mapping[str, str], warn) -> Path:
+    """A Python model's ``initialize(args)``: its version directory, checked against the
+    manifest and the environment (``verify_version_directory``); each warning goes to
+    ``warn`` (the model's logger)."""
+    version_dir = Path(args["model_repository"]) / args["model_version"]
+    for line in verify_version_directory(version_dir):
+        warn(f"{args['model_name']}: {line}")
+    return version_dir
 
 
 def verify_repository(repository: Path) -> dict[str, list[str]]:

@@ -2,7 +2,8 @@
 client request does not pay for lazy allocations, and a version that cannot answer never
 reports ready. An ensemble cannot warm up itself; its steps can.
 
-The export writes one sample's tensors into each model's ``warmup/`` folder, one file per
+The export writes one sample's tensors into each model version's ``warmup/`` folder (so the
+manifest covers them, and a new version's sample never replaces an old one's), one file per
 input in Triton's raw layout (each task decides its sample: for visual entailment the sample
 request's encoded strings for ofa_preprocess, its model inputs for ofa_encoder_decoder, its
 answer scores for ofa_postprocess). Each Python model runs that sample through its own code at
@@ -52,10 +53,10 @@ TRITON_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64":
                  "TYPE_INT32": np.int32}
 
 
-def read_warmup_sample(model_config: Mapping, model_dir: Path) -> dict[str, np.ndarray]:
-    """The sample's inputs of one model, as a batch of one: ``model_config`` is the model's
-    config as Triton passes it to ``initialize()`` (parsed JSON), ``model_dir`` its folder."""
-    directory = Path(model_dir) / WARMUP_DIR
+def read_warmup_sample(model_config: Mapping, version_dir: Path) -> dict[str, np.ndarray]:
+    """The sample's inputs of one model version, as a batch of one: ``model_config`` is the
+    model's config as Triton passes it to ``initialize()`` (parsed JSON)."""
+    directory = Path(version_dir) / WARMUP_DIR
     sample = {}
     for tensor in model_config["input"]:
         name, path = tensor["name"], directory / tensor["name"]
@@ -84,7 +85,8 @@ def warm_up(args: Mapping[str, str], compute: Callable[[dict[str, np.ndarray]], 
     config = json.loads(args["model_config"])
     started = time.perf_counter()
     try:
-        compute(read_warmup_sample(config, Path(args["model_repository"])))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        compute(read_warmup_sample(config, version_dir))
     except Exception as error:
         raise WarmupError(f"version {args['model_version']} of {config['name']} failed its "
                           f"warmup sample, so it is not loaded: {type(error).__name__}: "
@@ -119,10 +121,11 @@ def sample_image(limits: InputLimits = InputLimits()) -> bytes:
         width, height = max(1, width // 2), max(1, height // 2)
 
 
-def write_sample_files(repository: Path, files: Mapping[str, Mapping[str, bytes]]) -> None:
-    """{model name: {input name: raw bytes}} into each model's warmup/ folder."""
+def write_sample_files(repository: Path, version: int,
+                       files: Mapping[str, Mapping[str, bytes]]) -> None:
+    """{model name: {input name: raw bytes}} into each model version's warmup/ folder."""
     for model, contents in files.items():
-        directory = Path(repository) / model / WARMUP_DIR
+        directory = Path(repository) / model / str(version) / WARMUP_DIR
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in contents.items():
             (directory / name).write_bytes(data)

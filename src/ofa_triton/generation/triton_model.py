@@ -10,11 +10,9 @@ outputs are split back per request. KIND_GPU instances run on the instance's GPU
 """
 
 import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
-from ..manifest import verify_version_directory
+from ..manifest import checked_version_directory
 from ..runtime import RuntimeParameters, respond_batched
 from ..warmup import warm_up
 from .runtime import Generator
@@ -24,8 +22,7 @@ INPUTS = ("input_ids", "patch_images")
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         config = json.loads(args["model_config"])
         parameters = RuntimeParameters.from_model_config(config)
         self.outputs = [output["name"] for output in config["output"]]

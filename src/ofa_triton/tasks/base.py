@@ -124,8 +124,9 @@ class OfaTask:
         returns the validation figures for the manifest."""
         raise NotImplementedError
 
-    def write_warmup_files(self, repository: Path, names, loaded) -> None:
-        """One sample request's tensors into each step's warmup/ folder (warmup.py)."""
+    def write_warmup_files(self, repository: Path, version: int, names, loaded) -> None:
+        """One sample request's tensors into each step's version's warmup/ folder
+        (warmup.py)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

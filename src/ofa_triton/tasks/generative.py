@@ -78,8 +78,8 @@ class GenerationTaskSettings(TaskSettings):
 class GenerativeTask(OfaTask):
     """A task served by the generation engine (ofa_triton.generation): its encoder-decoder is
     the engine's, validated on a few of the task's own requests. A subclass names its
-    ``export_module`` (``sample_batch(loaded)`` and ``write_warmup_files(repository, names,
-    loaded)``) and may add settings known once the tokenizer is (``settings_from_text``)."""
+    ``export_module`` (``sample_batch(loaded)`` and ``write_warmup_files(repository, version,
+    names, loaded)``) and may add settings known once the tokenizer is (``settings_from_text``)."""
 
     # The task's export.py, relative to ofa_triton.tasks.
     export_module: str
@@ -111,5 +111,5 @@ class GenerativeTask(OfaTask):
         return write_generator(loaded, directory, runtime=runtime, precision=precision,
                                batch=self._export().sample_batch(loaded), progress=progress)
 
-    def write_warmup_files(self, repository: Path, names, loaded) -> None:
-        self._export().write_warmup_files(repository, names, loaded)
+    def write_warmup_files(self, repository: Path, version: int, names, loaded) -> None:
+        self._export().write_warmup_files(repository, version, names, loaded)

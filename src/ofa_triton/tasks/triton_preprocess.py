@@ -10,11 +10,9 @@ dynamic batch go on. Imports triton_python_backend_utils, which exists only insi
 Python stub.
 """
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
-from ..manifest import verify_version_directory
+from ..manifest import checked_version_directory
 from ..runtime import respond_each, rows, text_from_bytes
 from ..warmup import warm_up
 from .preprocessing import stack
@@ -27,8 +25,7 @@ def preprocessing_model(preprocessor_class, texts: tuple[str, ...] = ()):
 
     class TritonPythonModel:
         def initialize(self, args):
-            version_dir = Path(args["model_repository"]) / args["model_version"]
-            verify_version_directory(version_dir)   # refuse artifacts that differ
+            version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
             self.preprocessor = preprocessor_class.from_directory(version_dir)
             seconds = warm_up(args, self._preprocess)
             pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in "

@@ -6,11 +6,9 @@ KIND_GPU instances run on the instance's GPU.
 """
 
 import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.manifest import verify_version_directory
+from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import RuntimeParameters, open_encoder_decoder, respond_batched
 from ofa_triton.warmup import warm_up
 
@@ -19,8 +17,7 @@ INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         config = json.loads(args["model_config"])
         self.encoder_decoder = open_encoder_decoder(
             version_dir, instance_kind=args["model_instance_kind"],

@@ -1,12 +1,10 @@
 """Triton adapter: answer scores -> label, confidence, probabilities
 (ofa_triton.tasks.visual_entailment.labels)."""
 
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.manifest import verify_version_directory
+from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_entailment.labels import scores_to_outputs
@@ -15,8 +13,7 @@ from ofa_triton.warmup import warm_up
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         self.answers = ServingSettings.read(version_dir).task.answers
         seconds = warm_up(args, lambda sample: scores_to_outputs(sample["answer_scores"],
                                                                   self.answers))

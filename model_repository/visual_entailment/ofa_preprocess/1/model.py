@@ -5,11 +5,9 @@ Each request is preprocessed on its own; a bad one gets its own INVALID_ARG erro
 others of the dynamic batch go on.
 """
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.manifest import verify_version_directory
+from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import respond_each, rows, text_from_bytes
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.warmup import warm_up
@@ -19,8 +17,7 @@ INPUTS = ("image", "hypothesis", "premise")
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         self.preprocessor = VisualEntailmentPreprocessor.from_directory(version_dir)
         seconds = warm_up(args, self._preprocess)
         pb_utils.Logger.log_info(f"{args['model_name']}: warmed up in {seconds * 1000:.0f} ms")

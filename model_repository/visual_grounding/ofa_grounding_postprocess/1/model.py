@@ -1,12 +1,10 @@
 """Triton adapter: the generated bins and the image's size -> the box in its pixels, exactly
 as ModelScope computes it (ofa_triton.tasks.visual_grounding.box)."""
 
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.manifest import verify_version_directory
+from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_grounding.box import box_from_tokens
@@ -15,8 +13,7 @@ from ofa_triton.warmup import warm_up
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         settings = ServingSettings.read(version_dir)
         self.task, self.eos = settings.task, settings.eos_token_id
         seconds = warm_up(args, self._boxes)

@@ -1,12 +1,10 @@
 """Triton adapter: the generator's tokens or answer index -> the answer, exactly as ModelScope
 words it (ofa_triton.tasks.visual_question_answering.answer_text)."""
 
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ofa_triton.manifest import verify_version_directory
+from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_question_answering import answer_text
@@ -16,8 +14,7 @@ from ofa_triton.warmup import warm_up
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version_directory(version_dir)   # refuse artifacts that differ from the manifest
+        version_dir = checked_version_directory(args, pb_utils.Logger.log_warn)
         self.settings = ServingSettings.read(version_dir).task
         self.text = OfaTextEncoder(version_dir / "vocab.json", version_dir / "merges.txt",
                                    max_src_length=self.settings.max_src_length,

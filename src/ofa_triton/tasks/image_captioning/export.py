@@ -24,12 +24,13 @@ def sample_batch(loaded: LoadedCheckpoint, rows: int = 2) -> dict[str, np.ndarra
     return stack([preprocessor(sample_image(loaded.settings.limits))] * rows)
 
 
-def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckpoint) -> None:
+def write_warmup_files(repository: Path, version: int, names: ModelNames,
+                       loaded: LoadedCheckpoint) -> None:
     """The sample image through each step, with the export's fp32 module as the generator."""
     image = sample_image(loaded.settings.limits)
     batch = sample_batch(loaded, rows=1)
     tokens = warmup_result(loaded, batch)["tokens"]
-    write_sample_files(repository, {
+    write_sample_files(repository, version, {
         names.step("ofa_caption_preprocess"): {"image": serialize_strings([image])},
         names.step("ofa_caption_generator"): {name: tensor[0].tobytes()
                                               for name, tensor in batch.items()},

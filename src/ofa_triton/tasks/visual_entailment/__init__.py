@@ -80,7 +80,7 @@ class VisualEntailment(OfaTask):
         return write_scorer(loaded, directory, runtime=runtime, precision=precision,
                             calibration=calibration, progress=progress)
 
-    def write_warmup_files(self, repository: Path, names, loaded) -> None:
+    def write_warmup_files(self, repository: Path, version: int, names, loaded) -> None:
         from .export import write_warmup_files
 
-        write_warmup_files(repository, names, loaded)
+        write_warmup_files(repository, version, names, loaded)

@@ -124,7 +124,8 @@ def sample_request(limits: InputLimits = InputLimits()) -> dict[str, object]:
             "premise": SAMPLE_PREMISE[:cut]}
 
 
-def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckpoint) -> None:
+def write_warmup_files(repository: Path, version: int, names: ModelNames,
+                       loaded: LoadedCheckpoint) -> None:
     """The sample request through each step, with the export's PyTorch module as the
     encoder-decoder: its strings for ofa_preprocess, its tensors for ofa_encoder_decoder, its
     answer scores for ofa_postprocess."""
@@ -134,7 +135,7 @@ def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckp
     inputs: ModelInputs = preprocessor(request["image"], request["hypothesis"],
                                        request["premise"])
     batch = stack([inputs])
-    write_sample_files(repository, {
+    write_sample_files(repository, version, {
         names.step("ofa_preprocess"): {
             name: serialize_strings([value if isinstance(value, bytes) else value.encode("utf-8")])
             for name, value in request.items()},

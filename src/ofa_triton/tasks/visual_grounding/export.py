@@ -33,7 +33,8 @@ def sample_batch(loaded: LoadedCheckpoint, rows: int = 2) -> dict[str, np.ndarra
     return {name: batch[name] for name in GENERATOR_INPUTS}
 
 
-def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckpoint) -> None:
+def write_warmup_files(repository: Path, version: int, names: ModelNames,
+                       loaded: LoadedCheckpoint) -> None:
     """The sample request through each step, with the export's fp32 module as the generator."""
     preprocessor = GroundingPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
                                          loaded.checkpoint.merges_file)
@@ -41,7 +42,7 @@ def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckp
     request = preprocessor.tensors(image, SAMPLE_TEXTS[0])
     batch = {name: request[name][None] for name in GENERATOR_INPUTS}
     tokens = warmup_result(loaded, batch)["tokens"]
-    write_sample_files(repository, {
+    write_sample_files(repository, version, {
         names.step("ofa_grounding_preprocess"): {
             "image": serialize_strings([image]),
             "text": serialize_strings([SAMPLE_TEXTS[0].encode()])},

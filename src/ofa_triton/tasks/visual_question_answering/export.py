@@ -29,11 +29,12 @@ def sample_batch(loaded: LoadedCheckpoint, rows: int = 2) -> dict[str, np.ndarra
                   for i in range(rows)])
 
 
-def write_warmup_files(repository: Path, names: ModelNames, loaded: LoadedCheckpoint) -> None:
+def write_warmup_files(repository: Path, version: int, names: ModelNames,
+                       loaded: LoadedCheckpoint) -> None:
     """The sample request through each step, with the export's fp32 module as the generator."""
     batch = sample_batch(loaded, rows=1)
     result = warmup_result(loaded, batch)
-    write_sample_files(repository, {
+    write_sample_files(repository, version, {
         names.step("ofa_vqa_preprocess"): {
             "image": serialize_strings([sample_image(loaded.settings.limits)]),
             "question": serialize_strings([SAMPLE_QUESTIONS[0].encode()])},
