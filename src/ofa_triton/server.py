@@ -128,8 +128,9 @@ class ServerOptions:
     # "none": the repository is fixed at start (the safe default: model code is not
     # sandboxed); "explicit": models load and unload through the model-repository API.
     model_control: str = "none"
-    # With a key, the admin endpoints (model repository, model config, shared memory) need
-    # the header "admin-key: <key>"; inference, health, metadata and statistics stay open.
+    # With a key, the admin endpoints (RESTRICTED_APIS: model repository, model config, shared
+    # memory, trace, logging) need the header "admin-key: <key>"; inference, health, metadata
+    # and statistics stay open (and the metrics port, which no restriction covers).
     admin_key: str | None = None
     extra_args: tuple[str, ...] = ()
 
@@ -141,7 +142,11 @@ class ServerOptions:
 
 
 ADMIN_HEADER = "admin-key"
-RESTRICTED_APIS = "model-repository,model-config,shared-memory"
+# Triton 2.51's restricted-API categories are health, metadata, inference, shared-memory,
+# model-config, model-repository, statistics, trace and logging. Refused without the key:
+# HTTP 403, gRPC UNAVAILABLE (tests/test_admin.py). Trace and logging change what the server
+# writes (verbosity, trace files), so they need the key as well.
+RESTRICTED_APIS = "model-repository,model-config,shared-memory,trace,logging"
 
 
 def admin_headers(protocol: str, key: str) -> dict[str, str]:
