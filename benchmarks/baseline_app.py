@@ -135,6 +135,7 @@ def eager_generation_predictor(model_dir: str) -> Predict:
     from ofa_triton.export import load_checkpoint
     from ofa_triton.generation.answers import AnswerTrie
     from ofa_triton.generation.search import generate, special_tokens
+    from ofa_triton.tensor_names import INPUT_IDS, PATCH_IMAGES
 
     loaded = load_checkpoint(model_dir)
     task, text = loaded.settings.task, loaded.text
@@ -160,9 +161,9 @@ def eager_generation_predictor(model_dir: str) -> Predict:
         else:
             tensors = preprocessor(image, body["question" if name.startswith("visual-q")
                                                 else "text"])
-        ids = tensors["input_ids"][tensors["input_ids"] != text.pad_id]   # unpadded, as one
+        ids = tensors[INPUT_IDS][tensors[INPUT_IDS] != text.pad_id]   # unpadded, as one
         [hypotheses] = generate(model, torch.from_numpy(ids)[None].to(device),
-                                torch.from_numpy(tensors["patch_images"])[None].to(device),
+                                torch.from_numpy(tensors[PATCH_IMAGES])[None].to(device),
                                 task.generation, special_tokens(text), constrain=trie)
         best = hypotheses[0].tokens
         if name == "image-captioning":

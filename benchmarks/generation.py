@@ -3,12 +3,13 @@
     python -m benchmarks.generation --task captioning vqa grounding   # make bench's second half
 
 The same harness as benchmarks/run.py, per task: a generated checkpoint of the task (OFA-tiny
-architecture, 256 px, the task's released beam search, random weights) exported with the CPU
-defaults; Triton's public model measured by perf_analyzer over gRPC with the composing
-models' breakdown; then one closed-loop load generator, the same photo-like JPEGs and texts,
-interleaved per concurrency: Triton (HTTP), ModelScope's own pipeline of the task behind a
-one-at-a-time web app (reference environment), and this project's generation module in the
-same shape. Writes benchmarks/results/cpu_<task>.json, its plot and perf_analyzer CSVs.
+architecture, 256 px, the task's released beam search, random weights) exported for the CPU
+(onnxruntime, fp32) with max batch 16 and a 5 ms queue delay (PROFILE; the export's defaults
+are 32 and 2 ms); Triton's public model measured by perf_analyzer over gRPC with the
+composing models' breakdown; then one closed-loop load generator, the same photo-like JPEGs
+and texts, interleaved per concurrency: Triton (HTTP), ModelScope's own pipeline of the task
+behind a one-at-a-time web app (reference environment), and this project's generation module
+in the same shape. Writes benchmarks/results/cpu_<task>.json, its plot and perf_analyzer CSVs.
 """
 
 from __future__ import annotations
@@ -28,23 +29,24 @@ from benchmarks.run import (HEADLINE_CONCURRENCY, RESULTS, ROOT, WORK, BaselineS
 PROFILE = dict(image_size=256, concurrency=(1, 2, 4, 8, 16), duration=10.0, perf_ms=4000,
                rounds=3, preprocess_instances=2, encoder_decoder_instances=1,
                max_batch_size=16, queue_delay_us=5000)
-# Per task: its checkpoint, public model, inputs, baselines, and what differs in the profile.
+# Per task: its checkpoint, inputs, baselines, and what differs in the profile. Its public
+# model and generator are the task's (triton_config.ModelNames).
 TASKS = {
     "captioning": dict(
-        task="image-captioning", public_model="ofa_image_caption",
+        task="image-captioning",
         model="ofa-tiny architecture, 256 px, beam 5, max_len_b 16, random weights",
-        generator="ofa_caption_generator", inputs=("image",), build="caption_inputs",
+        inputs=("image",), build="caption_inputs",
         baseline="modelscope-caption", eager="eager-caption"),
     "vqa": dict(
-        task="visual-question-answering", public_model="ofa_visual_question_answering",
+        task="visual-question-answering",
         model="ofa-tiny architecture, 256 px, free generation, beam 5, max_len_b 16, random "
-              "weights", generator="ofa_vqa_generator", inputs=("image", "question"),
+              "weights", inputs=("image", "question"),
         build="vqa_inputs", baseline="modelscope-vqa", eager="eager-vqa",
         profile=dict(concurrency=(1, 4, 8))),
     "grounding": dict(
-        task="visual-grounding", public_model="ofa_visual_grounding",
+        task="visual-grounding",
         model="ofa-tiny architecture, 256 px, beam 5, four <bin_*> tokens, random weights",
-        generator="ofa_grounding_generator", inputs=("image", "text"),
+        inputs=("image", "text"),
         build="grounding_inputs", baseline="modelscope-grounding", eager="eager-grounding",
         profile=dict(concurrency=(1, 4, 8))),
 }
@@ -84,8 +86,9 @@ def measure(args: argparse.Namespace, task_name: str) -> Path:
     from ofa_triton.export import export_repository
     from ofa_triton.server import ServerOptions, TritonServer, free_port
     from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
-    from ofa_triton.triton_config import ServingOptions
+    from ofa_triton.triton_config import ModelNames, ServingOptions
 
+    names = ModelNames(task=spec["task"])
     started = time.monotonic()
     source_commit = commit()
     work, results_dir = args.work_dir, args.results_dir
@@ -124,7 +127,7 @@ def measure(args: argparse.Namespace, task_name: str) -> Path:
     try:
         with server:
             server.wait_ready(600)
-            targets = [TritonTarget(server.http_url, spec["public_model"],
+            targets = [TritonTarget(server.http_url, names.ensemble,
                                     build=getattr(loadgen, spec["build"]))]
             targets += [b.target() for b in baselines]
             for target in targets:   # warm-up: first requests load lazily initialized code
@@ -136,10 +139,10 @@ def measure(args: argparse.Namespace, task_name: str) -> Path:
                 row = run_perf_analyzer(server.grpc_url, inputs_json, concurrency,
                                         results_dir / f"{name}_perf_analyzer_c{concurrency}.csv",
                                         work, measurement_ms=profile["perf_ms"],
-                                        model=spec["public_model"])
+                                        model=names.ensemble)
                 row["composing_models"] = breakdown(before, model_statistics(stats))
                 perf_rows.append(row)
-                generator = row["composing_models"].get(spec["generator"], {})
+                generator = row["composing_models"].get(names.encoder_decoder, {})
                 log(f"  perf_analyzer c={concurrency}: {row['throughput']:.2f}/s p99 "
                     f"{row['p99_ms']:.0f} ms, generator batch "
                     f"{generator.get('average_batch_size') or 0:.2f}")

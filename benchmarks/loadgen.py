@@ -62,8 +62,14 @@ def grounding_inputs(module, request: dict) -> list:
 class TritonTarget:
     """``build(module, request)``: the request's input tensors (the public model's task)."""
 
-    def __init__(self, url: str, model: str = "ofa_visual_entailment", name: str = "triton",
+    def __init__(self, url: str, model: str | None = None, name: str = "triton",
                  build=entailment_inputs):
+        """``model``: the public model to call; None: the default task's
+        (visual entailment, ``triton_config.ENSEMBLE_MODEL``)."""
+        if model is None:
+            from ofa_triton.triton_config import ENSEMBLE_MODEL
+
+            model = ENSEMBLE_MODEL
         self.url, self.model, self.name, self.build = url, model, name, build
 
     async def open(self):

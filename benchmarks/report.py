@@ -22,6 +22,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render(results: dict, name: str) -> str:
+    from ofa_triton.triton_config import ModelNames
+
+    names = ModelNames()   # the default task's (visual entailment); int8 runs add a prefix
     machine = results["machine"]
     parts = [f"Run of {results['date']} at commit `{results['commit']}`, {results['seconds']:.0f} s; "
              f"{results['model']}; {machine.get('cpu_model', '?')}, {machine.get('cpus')} CPUs, "
@@ -58,7 +61,7 @@ def render(results: dict, name: str) -> str:
                        if entry else "-")
         perf = results["perf_analyzer"][index]
         row.append(f"{perf['throughput']:.2f} / {perf['p99_ms']:.0f}")
-        batch = perf["composing_models"].get("ofa_encoder_decoder", {}).get("average_batch_size")
+        batch = perf["composing_models"].get(names.encoder_decoder, {}).get("average_batch_size")
         row.append(f"{batch:.2f}" if batch else "-")
         sweep_rows.append(row)
     parts.append("**Sweep** (throughput req/s / p99 ms):\n\n" + _table(
@@ -71,7 +74,7 @@ def render(results: dict, name: str) -> str:
                        f"{b['compute_input_ms']:.1f}", f"{b['compute_infer_ms']:.1f}",
                        f"{b['compute_output_ms']:.1f}"]
                       for model, b in composing.items()
-                      if not model.endswith("ofa_visual_entailment")]
+                      if not model.endswith(names.ensemble)]
     parts.append(f"**Server-side breakdown at concurrency {results['concurrency']}** (perf_analyzer "
                  "run; Triton statistics per inference, ms; a batch's compute time is counted "
                  "for each of its requests):\n\n" + _table(

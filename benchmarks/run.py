@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> Path:
     from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
     from ofa_triton.triton_config import ModelNames, ServingOptions
 
+    names = ModelNames()   # the default task's served names (visual entailment)
     started = time.monotonic()
     source_commit = commit()   # before this run rewrites the committed result files
     work, results_dir = args.work_dir, args.results_dir
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> Path:
                       progress=lambda m: log("      " + m.strip()))
     if profile["int8"]:
         log("      the same checkpoint with int8 convolutions, beside it as "
-            f"{INT8_PREFIX}ofa_visual_entailment")
+            f"{ModelNames(INT8_PREFIX).ensemble}")
         export_repository(checkpoint, repository, precision="int8",
                           options=dataclasses.replace(options, name_prefix=INT8_PREFIX),
                           progress=lambda m: log("      " + m.strip()))
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> Path:
                 breakdowns[concurrency] = breakdown(before, model_statistics(stats_client))
                 row["composing_models"] = breakdowns[concurrency]
                 perf_rows.append(row)
-                batch = breakdowns[concurrency].get("ofa_encoder_decoder", {})
+                batch = breakdowns[concurrency].get(names.encoder_decoder, {})
                 log(f"  perf_analyzer c={concurrency}: {row['throughput']:.2f}/s p99 "
                     f"{row['p99_ms']:.0f} ms, encoder-decoder batch "
                     f"{batch.get('average_batch_size') or 0:.2f}")
@@ -373,10 +374,10 @@ def main(argv: list[str] | None = None) -> Path:
                                                 loaded.checkpoint.merges_file)
     preprocessor_lengths = [len(preprocessor.source_ids(r["hypothesis"], r["premise"]))
                             for r in requests]
-    flops = count_flops(loaded.model, preprocessor_lengths, settings.max_src_length + 2,
+    flops = count_flops(loaded.model, preprocessor_lengths, settings.source_length,
                         settings.patch_image_size)
     gemm = measure_gemm_flops()
-    at8 = breakdowns[HEADLINE_CONCURRENCY]["ofa_encoder_decoder"]
+    at8 = breakdowns[HEADLINE_CONCURRENCY][names.encoder_decoder]
     achieved = flops["flops_per_sample"] * at8["inferences"] / at8["execution_compute_infer_s"]
     efficiency = {
         **flops,

@@ -15,7 +15,8 @@
 Criteria (exit status 1 when one fails): no valid request fails; every invalid request gets
 its 400 with a message naming the problem; no process grows more than --growth-limit-mb over
 the second half of the run (the first half absorbs warm-up: allocator arenas, caches).
-Writes benchmarks/results/soak.json and soak_memory.csv.
+Writes benchmarks/results/soak.json (with the commit measured, "-dirty" when tracked files
+differed from it) and soak_memory.csv.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from benchmarks.run import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -170,6 +173,8 @@ async def drive(url: str, requests: list[dict], rate: float, seconds: float, con
     time, so a generator that falls behind cannot hide server delay (coordinated omission)."""
     import tritonclient.http.aio as httpaio
 
+    from ofa_triton.triton_config import ENSEMBLE_MODEL
+
     client = httpaio.InferenceServerClient(url, conn_limit=1024)
     tally, latencies, window, samples = Tally(), [], [], []
     in_flight: set[asyncio.Task] = set()
@@ -183,7 +188,7 @@ async def drive(url: str, requests: list[dict], rate: float, seconds: float, con
             tally.invalid_sent += 1
         try:
             await asyncio.wait_for(
-                client.infer("ofa_visual_entailment", infer_inputs(httpaio, request, kind)),
+                client.infer(ENSEMBLE_MODEL, infer_inputs(httpaio, request, kind)),
                 config.request_timeout_s)
             error = None
         except Exception as caught:  # judged below: expected for invalid requests only
@@ -370,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                         invalid_fraction=args.invalid_fraction,
                         growth_limit_mb=args.growth_limit_mb, sample_seconds=args.sample_seconds)
     sys.path.insert(0, str(ROOT / "src"))
+    source_commit = commit()   # HEAD, "-dirty" when tracked files differ (as run.py records)
     repository = args.repository
     if repository is None:
         log(f"exporting the tiny checkpoint into {WORK}")
         repository = prepare_repository(WORK)
-    result = run_soak(repository, config, WORK)
+    result = {"commit": source_commit, **run_soak(repository, config, WORK)}
     csv_path = write_results(result, args.out)
     latency = result["latency_valid_ms"]
     tally = result["requests"]

@@ -124,3 +124,73 @@ def test_export_refuses_to_overwrite_the_templates(tiny_checkpoint):
     result = _run("export", "--model", tiny_checkpoint, "--repository", template_directory())
     assert result.returncode == 2 and "templates" in result.stderr
     assert not (template_directory() / "ofa_encoder_decoder" / "1" / "model.onnx").exists()
+
+
+# --- validate_onnx: names and shapes are checked before the values -------------------------
+
+class _ToyConfig:
+    """An export config of one input ``x`` [B, 3] whose columns are equal, so that a [B, 1]
+    output broadcast against a [B, 3] one differs by nothing."""
+
+    opset = ONNX_OPSET
+
+    def __init__(self, output_names=("y",)):
+        self.input_names = ("x",)
+        self.output_names = tuple(output_names)
+        self.dynamic_axes = {"x": {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+
+    def random_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        column = np.random.default_rng(seed).normal(size=(batch, 1)).astype(np.float32)
+        return {"x": np.repeat(column, 3, axis=1)}
+
+
+def _toy_module(forward):
+    import torch
+
+    class Toy(torch.nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    return Toy()
+
+
+def _toy_graph(tmp_path, forward) -> tuple[Path, _ToyConfig]:
+    from ofa_triton.onnx_export import export_onnx
+
+    config = _ToyConfig()
+    path = tmp_path / "toy.onnx"
+    export_onnx(_toy_module(forward), config, path)
+    return path, config
+
+
+def test_validate_onnx_passes_a_graph_that_matches_its_module(tmp_path):
+    from ofa_triton.onnx_export import validate_onnx
+
+    path, config = _toy_graph(tmp_path, lambda x: x * 2)
+    report = validate_onnx(_toy_module(lambda x: x * 2), config, path, "fp32")
+    assert report["max_abs_diff_log_prob"] == 0 and report["batches"] == [1, 3]
+
+
+@pytest.mark.parametrize("graph, module", [
+    (lambda x: x[:, :1] * 2, lambda x: x * 2),   # graph [B, 1], module [B, 3]
+    (lambda x: x * 2, lambda x: x[:, :1] * 2),   # graph [B, 3], module [B, 1]
+], ids=["graph-narrower", "module-narrower"])
+def test_validate_onnx_refuses_a_broadcastable_shape_mismatch(tmp_path, graph, module):
+    """Broadcast, the two outputs are equal: only a shape check before the values sees it."""
+    from ofa_triton.onnx_export import ExportValidationError, validate_onnx
+
+    path, config = _toy_graph(tmp_path, graph)
+    inputs = config.random_inputs(3, seed=0)
+    assert np.abs(graph(inputs["x"]) - module(inputs["x"])).max() == 0   # broadcast: equal
+    with pytest.raises(ExportValidationError, match="shape"):
+        validate_onnx(_toy_module(module), config, path, "fp32")
+
+
+def test_validate_onnx_refuses_other_output_names_or_counts(tmp_path):
+    from ofa_triton.onnx_export import ExportValidationError, validate_onnx
+
+    path, _ = _toy_graph(tmp_path, lambda x: x * 2)
+    with pytest.raises(ExportValidationError, match="returns \\['y'\\]"):
+        validate_onnx(_toy_module(lambda x: x * 2), _ToyConfig(("scores",)), path, "fp32")
+    with pytest.raises(ExportValidationError, match="returns 2 outputs"):
+        validate_onnx(_toy_module(lambda x: (x * 2, x)), _ToyConfig(), path, "fp32")

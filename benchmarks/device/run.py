@@ -49,6 +49,15 @@ sys.path.insert(0, str(ROOT / "src"))
 from benchmarks.run import LARGE, breakdown, commit, interleaved_sweep, log, machine, \
     model_statistics  # noqa: E402
 
+
+def served_names(task: str | None = None):
+    """The served model names of ``task``'s export, unprefixed (triton_config.ModelNames;
+    default: visual entailment's)."""
+    from ofa_triton.triton_config import ModelNames
+
+    return ModelNames(task=task) if task else ModelNames()
+
+
 PROFILES = {
     "gpu": dict(model="ofa-large architecture, 480 px, fp16, random weights",
                 architecture=LARGE, image_size=480, device="gpu", precision="fp16",
@@ -196,7 +205,8 @@ def sample_batch(repository: Path, rows: int) -> dict:
     from benchmarks.inputs import build_requests
     from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 
-    preprocessor = VisualEntailmentPreprocessor.from_directory(repository / "ofa_preprocess" / "1")
+    preprocessor = VisualEntailmentPreprocessor.from_directory(
+        repository / served_names().preprocess / "1")
     requests = build_requests(min(rows, 16))
     tensors = [preprocessor.tensors(r["image"], r["hypothesis"], r["premise"]) for r in requests]
     return stack([tensors[i % len(tensors)] for i in range(rows)])
@@ -218,7 +228,7 @@ def measure_encoder_decoder(run: DeviceRun, checkpoint: Path, repository: Path,
     loaded = load_checkpoint(checkpoint)
     task = loaded.settings.task
     # The graphs run at the fixed padded lengths, so that is the work each sample costs.
-    flops = count_flops(loaded.model, [task.max_src_length + 2], task.max_src_length + 2,
+    flops = count_flops(loaded.model, [task.source_length], task.source_length,
                         task.patch_image_size)
     del loaded
     record["flops_per_sample"] = flops["flops_per_sample_padded"]
@@ -228,7 +238,7 @@ def measure_encoder_decoder(run: DeviceRun, checkpoint: Path, repository: Path,
     log(f"      {flops['flops_per_sample_padded'] / 1e12:.3f} TFLOP/sample; dense "
         f"{record['gemm']['dtype']} GEMM {record['gemm']['flops_per_second'] / 1e12:.1f} TFLOP/s")
     began = time.monotonic()
-    runtime = TorchEncoderDecoder(repository / "ofa_encoder_decoder" / "1",
+    runtime = TorchEncoderDecoder(repository / served_names().encoder_decoder / "1",
                                   instance_kind="GPU" if gpu else "CPU",
                                   cuda_graph_batch_sizes=profile["batch_sizes"] if gpu else ())
     record["load_and_capture_s"] = round(time.monotonic() - began, 1)
@@ -288,10 +298,10 @@ def compare_goldens(run: DeviceRun, record: dict) -> None:
         export_repository(checkpoint, repository, runtime="torch", precision=precision,
                           progress=lambda _: None)
         preprocessor = VisualEntailmentPreprocessor.from_directory(
-            repository / "ofa_preprocess" / "1")
+            repository / served_names().preprocess / "1")
         batch = stack([preprocessor.tensors(images[c["image"]].read_bytes(), c["hypothesis"],
                                             c["premise"]) for c in cases])
-        version_dir = repository / "ofa_encoder_decoder" / "1"
+        version_dir = repository / served_names().encoder_decoder / "1"
         runtime = TorchEncoderDecoder(version_dir, instance_kind="GPU" if gpu else "CPU",
                                       cuda_graph_batch_sizes=(len(cases),) if gpu else ())
         scores = runtime(batch)
@@ -316,10 +326,11 @@ def compare_goldens(run: DeviceRun, record: dict) -> None:
 
 
 def start_server(run: DeviceRun, repository: Path, record: dict,
-                 encoder_decoder: str = "ofa_encoder_decoder",
+                 encoder_decoder: str | None = None,
                  log_name: str = "tritonserver.log"):
     """The exported repository on a real tritonserver (the kit's). If its instances cannot be
-    placed as KIND_GPU, once more as KIND_CPU instances that run on the GPU (torch_device)."""
+    placed as KIND_GPU, once more as KIND_CPU instances that run on the GPU (torch_device):
+    ``encoder_decoder``'s (default: visual entailment's)."""
     from ofa_triton.server import ServerOptions, TritonServer, find_triton
 
     record["tritonserver"] = str(find_triton().binary)
@@ -334,6 +345,7 @@ def start_server(run: DeviceRun, repository: Path, record: dict,
             raise
         record["kind_gpu_failure"] = str(error)[-3000:]
         log("      KIND_GPU did not load; trying KIND_CPU instances with torch_device cuda:0")
+        encoder_decoder = encoder_decoder or served_names().encoder_decoder
         config = repository / encoder_decoder / "config.pbtxt"
         text = config.read_text().replace("kind: KIND_GPU", "kind: KIND_CPU").replace(
             'key: "torch_device", value: { string_value: "" }',
@@ -353,6 +365,7 @@ def perf_sweep(run: DeviceRun, server, inputs_json: Path, record: dict) -> None:
 
     profile = run.profile
     record["levels"] = []
+    public_model = served_names().ensemble
     stats = httpclient.InferenceServerClient(server.http_url)
     for concurrency in profile["concurrency"]:
         # A level takes up to perf_trials windows (twice that if it needs the looser
@@ -373,7 +386,7 @@ def perf_sweep(run: DeviceRun, server, inputs_json: Path, record: dict) -> None:
         log(f"      c={concurrency}: {row['throughput']:.1f}/s p99 {row['p99_ms']:.0f} ms; "
             + "; ".join(f"{name} batch {s['average_batch_size'] or 0:.1f} queue "
                         f"{s['queue_ms']:.1f} ms compute {s['compute_infer_ms']:.1f} ms"
-                        for name, s in steps.items() if name != "ofa_visual_entailment"))
+                        for name, s in steps.items() if name != public_model))
         run.save()
     stats.close()
     if record["levels"]:
@@ -420,17 +433,15 @@ def compare_with_eager(run: DeviceRun, server, eager, record: dict) -> None:
                 "p99_triton_over_eager": triton["p99_ms"] / eager_row["p99_ms"]})
 
 
-# The generating tasks measured after the entailment stages: public model, generator, inputs,
-# and the released configuration of the task (ModelScope's) for the checkpoint's weights.
+# The generating tasks measured after the entailment stages: the task (its public model and
+# generator: triton_config.ModelNames), inputs, and the released configuration of the task
+# (ModelScope's) for the checkpoint's weights.
 GENERATING = {
-    "captioning": dict(task="image-captioning", public_model="ofa_image_caption",
-                       generator="ofa_caption_generator", inputs=("image",),
+    "captioning": dict(task="image-captioning", inputs=("image",),
                        beam_search={"beam_size": 5, "max_len_b": 16, "no_repeat_ngram_size": 3}),
-    "vqa": dict(task="visual-question-answering", public_model="ofa_visual_question_answering",
-                generator="ofa_vqa_generator", inputs=("image", "question"),
+    "vqa": dict(task="visual-question-answering", inputs=("image", "question"),
                 beam_search={"beam_size": 5, "max_len_b": 16, "no_repeat_ngram_size": 3}),
-    "grounding": dict(task="visual-grounding", public_model="ofa_visual_grounding",
-                      generator="ofa_grounding_generator", inputs=("image", "text"),
+    "grounding": dict(task="visual-grounding", inputs=("image", "text"),
                       beam_search={"beam_size": 5, "max_len_b": 4, "min_len": 4,
                                    "no_repeat_ngram_size": 3}),
 }
@@ -472,6 +483,7 @@ def measure_generation(run: DeviceRun, checkpoint: Path, task: str, record: dict
     from ofa_triton.triton_config import ServingOptions
 
     profile, spec = run.profile, GENERATING[task]
+    names = served_names(spec["task"])
     source = generating_checkpoint(checkpoint, run.work / f"checkpoint-{task}", task)
     repository = run.work / f"repository-{task}"
     shutil.rmtree(repository, ignore_errors=True)
@@ -486,7 +498,7 @@ def measure_generation(run: DeviceRun, checkpoint: Path, task: str, record: dict
     record["validation"] = export["validation"]
     inputs = write_perf_analyzer_inputs(build_requests(), run.work / f"{task}_inputs.json",
                                         inputs=spec["inputs"])
-    server = start_server(run, repository, record, encoder_decoder=spec["generator"],
+    server = start_server(run, repository, record, encoder_decoder=names.encoder_decoder,
                           log_name=f"tritonserver-{task}.log")
     try:
         stats = httpclient.InferenceServerClient(server.http_url)
@@ -501,10 +513,10 @@ def measure_generation(run: DeviceRun, checkpoint: Path, task: str, record: dict
                                     run.work / f"{task}_perf_c{concurrency}.csv", run.work,
                                     measurement_ms=window_ms,
                                     max_trials=profile["perf_trials"], grow_window=False,
-                                    model=spec["public_model"])
+                                    model=names.ensemble)
             row["composing_models"] = breakdown(before, model_statistics(stats))
             record["levels"].append(row)
-            generator = row["composing_models"].get(spec["generator"], {})
+            generator = row["composing_models"].get(names.encoder_decoder, {})
             log(f"      {task} c={concurrency}: {row['throughput']:.1f}/s p99 "
                 f"{row['p99_ms']:.0f} ms; generator batch "
                 f"{generator.get('average_batch_size') or 0:.1f}, compute "

@@ -131,8 +131,3 @@ def _looks_like(data: bytes, formats: tuple[str, ...]) -> str:
     if not _TEXT_CONTROL_BYTES.intersection(data[:1024]):
         return "; it is text (send the image file's bytes, not its name or URL)"
     return ""
-
-
-def load_image_file(path: str) -> Image.Image:
-    with open(path, "rb") as handle:
-        return decode_image(handle.read())

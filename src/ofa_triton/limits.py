@@ -19,7 +19,10 @@ from .runtime import RequestError
 # released checkpoints) and at most max_src_length (80) words, so the limits only have to let
 # every real photo and sentence through while bounding what one request can cost:
 # - 20 MiB of encoded image: a full-quality JPEG of a 50 MP camera is 15-25 MB; more is not a
-#   photo anyone needs to send to a 480 px model, and Triton's HTTP front end allows 64 MB.
+#   photo anyone needs to send to a 480 px model. Triton 2.51 itself bounds no request size
+#   (a 500 MB hypothesis reaches the model over HTTP and gRPC alike; README.md, "The
+#   service"), so this check is what refuses a larger image; cap request bodies in front of
+#   a public endpoint.
 DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20
 # - 50 megapixels: covers full-resolution 48/50 MP phone photos (8160x6120) and 45 MP
 #   full-frame cameras; decoded as RGB that is 150 MB per request in a preprocessing

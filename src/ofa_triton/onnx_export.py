@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .modeling import OfaVisualEntailmentModel
+from .tensor_names import ANSWER_SCORES, DECODER_INPUT_IDS, INPUT_IDS, PATCH_IMAGES
 
 # Pinned: the graph is exported at this opset (LayerNormalization needs >= 17).
 ONNX_OPSET = 17
@@ -49,10 +50,10 @@ class OnnxExportConfig:
         # sizes the exporter would fold the image relative-position bias of every layer into a
         # constant ([heads, N, N] floats per layer).
         return {
-            "input_ids": {0: "batch", 1: "source_length"},
-            "patch_images": {0: "batch", 2: "height", 3: "width"},
-            "decoder_input_ids": {0: "batch", 1: "prompt_length"},
-            "answer_scores": {0: "batch"},
+            INPUT_IDS: {0: "batch", 1: "source_length"},
+            PATCH_IMAGES: {0: "batch", 2: "height", 3: "width"},
+            DECODER_INPUT_IDS: {0: "batch", 1: "prompt_length"},
+            ANSWER_SCORES: {0: "batch"},
         }
 
     def random_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -68,7 +69,7 @@ class OnnxExportConfig:
             source[row, :length] = [self.bos_token_id, *body, self.eos_token_id]
             decoder[row, :length - 1] = source[row, :length - 1]
         pixels = rng.normal(0, 1, (batch, 3, self.image_size, self.image_size)).astype(np.float32)
-        return {"input_ids": source, "patch_images": pixels, "decoder_input_ids": decoder}
+        return {INPUT_IDS: source, PATCH_IMAGES: pixels, DECODER_INPUT_IDS: decoder}
 
 
 # Precisions the module is traced in; int8 (CPU) is the fp32 graph quantized afterwards
@@ -134,27 +135,41 @@ def validate_onnx(model, config, path: Path, precision: str,
                   providers: list[str] | None = None, batches: tuple[int, ...] = (1, 3),
                   inputs: list[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Run the graph and the PyTorch module (returning ``config.output_names`` in order) on
-    the same inputs (``inputs``, or ``config.random_inputs`` in ``batches``): every output must
-    have the module's shape, infinities where the module has them, and values within
+    the same inputs (``inputs``, or ``config.random_inputs`` in ``batches``). Checked in this
+    order, so that a wrong shape cannot broadcast into a small difference: the graph's input
+    and output names are the config's, the module returns one output per name, every output
+    has the module's shape and infinities where the module has them; then the values, within
     VALIDATION_TOLERANCE[precision] (relative to the output's largest value for the outputs in
     ``config.relative_outputs``). Returns the figures for the export record."""
     import torch
 
     providers = providers or ["CPUExecutionProvider"]
     session = _session(path, providers)
+    graph_inputs = sorted(i.name for i in session.get_inputs())
+    graph_outputs = sorted(o.name for o in session.get_outputs())
+    if (graph_inputs != sorted(config.input_names)
+            or graph_outputs != sorted(config.output_names)):
+        raise ExportValidationError(
+            f"the {precision} ONNX graph takes {graph_inputs} and returns {graph_outputs}, the "
+            f"export config names {sorted(config.input_names)} and "
+            f"{sorted(config.output_names)}; do not serve it")
     worst = 0.0
     started = time.perf_counter()
     if inputs is None:
         inputs = [config.random_inputs(batch, seed=100 + index)
                   for index, batch in enumerate(batches)]
     for batch_inputs in inputs:
-        graph_outputs = session.run(list(config.output_names), batch_inputs)
+        outputs = session.run(list(config.output_names), batch_inputs)
         with torch.no_grad():
             module_outputs = model(*(torch.from_numpy(batch_inputs[n])
                                      for n in config.input_names))
         if isinstance(module_outputs, torch.Tensor):
             module_outputs = (module_outputs,)
-        for name, got, expected in zip(config.output_names, graph_outputs, module_outputs):
+        if len(module_outputs) != len(config.output_names):
+            raise ExportValidationError(
+                f"the module returns {len(module_outputs)} outputs, the export config names "
+                f"{len(config.output_names)} ({list(config.output_names)})")
+        for name, got, expected in zip(config.output_names, outputs, module_outputs):
             expected = expected.float().numpy()
             # Checked first: a wrong shape could broadcast into a small difference.
             if got.shape != expected.shape or not np.array_equal(np.isinf(got),

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tensor_names import ANSWER_SCORES, TOKEN_INPUTS
+
 
 class RequestError(ValueError):
     """The request is invalid; the message tells the client what to fix."""
@@ -62,6 +64,26 @@ def split_rows(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
 # --- what every Triton model's execute() does with its requests (pb_utils is the backend's
 # triton_python_backend_utils, passed in so that this module imports without it) ---------------
 
+FAULT_HINT = (" (not a problem this service found in the request: the server log has the "
+              "traceback; report it with that log)")
+
+
+def _request_error(pb_utils, error: RequestError):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        str(error), pb_utils.TritonError.INVALID_ARG))
+
+
+def _fault(pb_utils, error: Exception, what: str):
+    """An unexpected failure: its traceback to the server log, and an internal error that says
+    where to look."""
+    import traceback
+
+    pb_utils.Logger.log_error(f"{what} failed:\n" + "".join(
+        traceback.format_exception(type(error), error, error.__traceback__)))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        f"{what} failed: {type(error).__name__}: {error}{FAULT_HINT}"))
+
+
 def respond_each(pb_utils, requests: Sequence, handle: Callable, what: str) -> list:
     """Requests handled one by one (``handle(request) -> {output name: array}``): a bad one
     (RequestError) gets its own INVALID_ARG error, any other failure its own internal error,
@@ -73,35 +95,64 @@ def respond_each(pb_utils, requests: Sequence, handle: Callable, what: str) -> l
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(name, value) for name, value in outputs.items()]))
         except RequestError as error:
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                str(error), pb_utils.TritonError.INVALID_ARG)))
+            responses.append(_request_error(pb_utils, error))
         except Exception as error:  # never let one request fail the batch
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"{what} failed: {type(error).__name__}: {error}")))
+            responses.append(_fault(pb_utils, error, what))
     return responses
+
+
+def input_array(pb_utils, request, name: str) -> np.ndarray:
+    """One input of a request as numpy; a missing one is the request's error (Triton refuses
+    requests without a required input before the model sees them; this covers the rest)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise RequestError(f"the request has no '{name}' input")
+    return tensor.as_numpy()
+
+
+def _model_inputs(pb_utils, request, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    arrays = {name: input_array(pb_utils, request, name) for name in inputs}
+    for name in TOKEN_INPUTS:
+        # The embedding lookup would read a negative id from the end of the table.
+        if name in arrays and arrays[name].size and arrays[name].min() < 0:
+            raise RequestError(f"'{name}' holds a negative token id ({arrays[name].min()})")
+    return arrays
 
 
 def respond_batched(pb_utils, requests: Sequence, inputs: Sequence[str], compute: Callable,
                     what: str) -> list:
     """All requests of a dynamic batch as one batch: ``compute({input: [rows, ...]}) ->
-    {output name: [rows, ...]}``, split back per request. A failure fails every request of the
-    batch with its message, never an escaped exception."""
-    try:
-        batch, sizes = concat_batches([
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in inputs}
-            for r in requests])
+    {output name: [rows, ...]}``, split back per request. A request whose inputs are missing or
+    invalid gets its own INVALID_ARG error. If the batch fails, each request is computed alone,
+    so that only the one that fails gets the error (a direct request to this model, batched
+    with the ensemble's, can hold what no preprocessing made); never an escaped exception."""
+    responses: list = [None] * len(requests)
+    batches = {}
+    for index, request in enumerate(requests):
+        try:
+            batches[index] = _model_inputs(pb_utils, request, inputs)
+        except RequestError as error:
+            responses[index] = _request_error(pb_utils, error)
+
+    def answer(indices: Sequence[int]) -> None:
+        batch, sizes = concat_batches([batches[i] for i in indices])
         outputs = {name: split_rows(np.ascontiguousarray(value), sizes)
                    for name, value in compute(batch).items()}
-    except Exception as error:
-        message = f"{what} failed: {type(error).__name__}: {error}"
-        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-                for _ in requests]
-    return [pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, parts[index]) for name, parts in outputs.items()])
-            for index in range(len(requests))]
+        for position, index in enumerate(indices):
+            responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(name, parts[position]) for name, parts in outputs.items()])
 
-
-TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
+    groups = [list(batches)] if batches else []
+    while groups:
+        group = groups.pop()
+        try:
+            answer(group)
+        except Exception as error:
+            if len(group) > 1:
+                groups.extend([index] for index in group)
+            else:
+                responses[group[0]] = _fault(pb_utils, error, what)
+    return responses
 
 
 def trim_padding(batch: dict[str, np.ndarray], pad_token_id: int) -> dict[str, np.ndarray]:
@@ -187,7 +238,7 @@ class EncoderDecoderSession:
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if self.pad_token_id is not None:
             batch = trim_padding(batch, self.pad_token_id)
-        (answer_scores,) = self.session.run(["answer_scores"],
+        (answer_scores,) = self.session.run([ANSWER_SCORES],
                                             {name: batch[name] for name in self.input_names})
         return answer_scores
 

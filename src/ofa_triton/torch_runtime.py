@@ -37,6 +37,7 @@ from .modeling import OfaArchitecture, OfaVisualEntailmentModel
 from .modeling.model import OfaModel
 from .runtime import TORCH_COMPILE_MODES, trim_padding
 from .settings import ServingSettings
+from .tensor_names import DECODER_INPUT_IDS, INPUT_IDS, PATCH_IMAGES
 
 WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURE_FILE = "ofa_architecture.json"
@@ -168,12 +169,12 @@ class TorchEncoderDecoder:
     def _static_shapes(self, rows: int) -> dict[str, tuple[int, ...]]:
         task = self.settings.task
         side = task.patch_image_size
-        return {"input_ids": (rows, task.max_src_length + 2),
-                "patch_images": (rows, 3, side, side),
-                "decoder_input_ids": (rows, task.max_src_length + 1)}
+        return {INPUT_IDS: (rows, task.source_length),
+                PATCH_IMAGES: (rows, 3, side, side),
+                DECODER_INPUT_IDS: (rows, task.max_src_length + 1)}
 
     def _fits_graphs(self, batch: dict[str, np.ndarray]) -> bool:
-        rows = len(batch["input_ids"])
+        rows = len(batch[INPUT_IDS])
         return bool(self.graphs) and rows <= max(self.graphs) and all(
             batch[name].shape[1:] == shape[1:]
             for name, shape in self._static_shapes(rows).items())
@@ -184,7 +185,7 @@ class TorchEncoderDecoder:
         pad = self.settings.pad_token_id
         tensors = {}
         for name, shape in self._static_shapes(rows).items():
-            if name == "patch_images":
+            if name == PATCH_IMAGES:
                 tensors[name] = torch.zeros(shape, dtype=torch.float32, device=device)
             else:
                 tensors[name] = torch.full(shape, pad, dtype=torch.int64, device=device)
@@ -208,7 +209,7 @@ class TorchEncoderDecoder:
         torch.cuda.synchronize(self.device)
 
     def _replay(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        rows = len(batch["input_ids"])
+        rows = len(batch[INPUT_IDS])
         captured = self.graphs[min(size for size in self.graphs if size >= rows)]
         with torch.cuda.stream(self.stream):
             for name in INPUT_NAMES:
@@ -259,12 +260,18 @@ def validate_torch_model(reference: OfaVisualEntailmentModel, directory: Path, p
             for batch in inputs:
                 tensors = [torch.from_numpy(batch[name]).to(device) for name in INPUT_NAMES]
                 expected, got = reference(*tensors), model(*tensors)
+                if got.shape != expected.shape:   # before the values: it could broadcast
+                    from .onnx_export import ExportValidationError
+
+                    raise ExportValidationError(
+                        f"the {precision} PyTorch weights score shape {list(got.shape)}, the "
+                        f"fp32 module {list(expected.shape)}; do not serve them")
                 worst = max(worst, float((got.float() - expected.float()).abs().max()))
     finally:
         reference.to("cpu")
         del model
     return validation_report(worst, precision, device, started, "PyTorch weights",
-                             batches=[len(b["input_ids"]) for b in inputs])
+                             batches=[len(b[INPUT_IDS]) for b in inputs])
 
 
 def validation_report(worst: float, precision: str, device: torch.device, started: float,

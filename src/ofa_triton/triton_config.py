@@ -72,6 +72,10 @@ class ModelNames:
         return self.step(self.ofa_task.encoder_decoder_model)
 
     @property
+    def preprocess(self) -> str:
+        return self.step(self.ofa_task.preprocess_model)
+
+    @property
     def ensemble(self) -> str:
         return self.prefix + self.ofa_task.public_model
 
@@ -223,7 +227,7 @@ def render_configs(settings: ServingSettings, options: ServingOptions, served: S
     values = {
         "max_batch_size": options.max_batch_size,
         "queue_delay_us": options.queue_delay_us,
-        "source_length": settings.task.max_src_length + 2,
+        "source_length": settings.task.source_length,
         "decoder_length": settings.task.max_src_length + 1,
         "image_size": settings.task.patch_image_size,
         "preprocess_instances": options.preprocess_instances,

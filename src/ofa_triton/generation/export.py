@@ -18,6 +18,7 @@ from ..modeling.generation import OfaGenerationModel
 from ..onnx_export import ExportValidationError
 from ..runtime import trim_padding
 from ..settings import ServingSettings
+from ..tensor_names import INPUT_IDS, PATCH_IMAGES
 from ..text import OfaTextEncoder, decoder_prompt
 from .answers import AnswerTrie, score_answers, softmax_choice
 from .beam_search import Hypothesis, beam_search
@@ -49,8 +50,8 @@ def _teacher_forced_log_probs(model: OfaGenerationModel, batch: dict[str, np.nda
                               tokens: list[list[int]], device: torch.device) -> torch.Tensor:
     """Every step's log-probabilities [B, steps, V] along given hypotheses."""
     steps = max(len(t) for t in tokens)
-    input_ids = torch.from_numpy(batch["input_ids"]).to(device)
-    pixels = torch.from_numpy(batch["patch_images"]).to(device)
+    input_ids = torch.from_numpy(batch[INPUT_IDS]).to(device)
+    pixels = torch.from_numpy(batch[PATCH_IMAGES]).to(device)
     padded = torch.tensor([[model.arch.bos_token_id, *t, *[t[-1]] * (steps - len(t))]
                            for t in tokens], device=device)
     out = []
@@ -73,12 +74,16 @@ def validate_weights(reference: OfaGenerationModel, directory: Path, precision: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     model = load_weights(OfaGenerationModel(read_architecture(directory)), directory, device)
-    hypotheses = generate(reference, torch.from_numpy(batch["input_ids"]),
-                          torch.from_numpy(batch["patch_images"]),
+    hypotheses = generate(reference, torch.from_numpy(batch[INPUT_IDS]),
+                          torch.from_numpy(batch[PATCH_IMAGES]),
                           loaded.settings.task.generation, special_tokens(loaded.text))
     tokens = [sentence[0].tokens for sentence in hypotheses]
     expected = _teacher_forced_log_probs(reference, batch, tokens, torch.device("cpu"))
     got = _teacher_forced_log_probs(model, batch, tokens, device)
+    if got.shape != expected.shape:   # before the values: a wrong shape could broadcast
+        raise ExportValidationError(
+            f"the {precision} generation weights give log-probabilities of shape "
+            f"{list(got.shape)}, the fp32 module {list(expected.shape)}; do not serve them")
     finite = torch.isfinite(expected)
     worst = float((got[finite] - expected[finite]).abs().max())
     return validation_report(worst, precision, device, started, "generation weights",
@@ -93,7 +98,7 @@ def engine_result(decoding, batch: dict[str, np.ndarray], loaded: LoadedCheckpoi
     trie = AnswerTrie(task.answer_ids, special.bos, special.eos) if task.answer_ids else None
     if task.traverse:
         prompts = [decoder_prompt(row[row != special.pad].tolist(), task.prompt_type,
-                                  special.bos) for row in batch["input_ids"]]
+                                  special.bos) for row in batch[INPUT_IDS]]
         scores = np.zeros((len(prompts), len(task.answer_ids)), dtype=np.float32)
         for length in sorted({len(p) for p in prompts}):   # one prompt length per scoring
             rows = [i for i, p in enumerate(prompts) if len(p) == length]
@@ -104,14 +109,16 @@ def engine_result(decoding, batch: dict[str, np.ndarray], loaded: LoadedCheckpoi
         return scores
     if trie is not None:
         decoding = trie.decoding(decoding)
-    hypotheses = beam_search(decoding, len(batch["input_ids"]), batch["input_ids"].shape[1],
+    hypotheses = beam_search(decoding, len(batch[INPUT_IDS]), batch[INPUT_IDS].shape[1],
                              task.generation, special, loaded.model.arch.vocab_size)
     return [[h.tokens for h in sentence] for sentence in hypotheses]
 
 
 def _same_result(expected, got) -> bool:
     if isinstance(expected, np.ndarray):   # answer scores: the same winners, close scores
-        return bool((expected.argmax(-1) == got.argmax(-1)).all()
+        # The shape first: argmax and allclose would broadcast a wrong one.
+        return bool(isinstance(got, np.ndarray) and got.shape == expected.shape
+                    and (expected.argmax(-1) == got.argmax(-1)).all()
                     and np.allclose(expected, got, atol=1e-4))
     return expected == got
 
@@ -132,7 +139,7 @@ def write_graphs(loaded: LoadedCheckpoint, directory: Path, precision: str,
     model = loaded.model
     encoder = EncoderGraph(model, settings.decoder_positions)
     encoder_config = EncoderGraphConfig(settings.patch_image_size,
-                                        tuple(int(i) for i in batch["input_ids"][0]))
+                                        tuple(int(i) for i in batch[INPUT_IDS][0]))
     generation = settings.generation
     step = StepGraph(model, generation.temperature, generation.allowed)
     step_config = StepGraphConfig(encoder, encoder_config, model.arch.vocab_size)
@@ -148,7 +155,7 @@ def write_graphs(loaded: LoadedCheckpoint, directory: Path, precision: str,
         expected = engine_result(
             _module_decoding(model, batch, generation, positions), batch, loaded)
     sessions = open_sessions(directory)
-    got = engine_result(OnnxDecoding(*sessions, batch["input_ids"], batch["patch_images"]),
+    got = engine_result(OnnxDecoding(*sessions, batch[INPUT_IDS], batch[PATCH_IMAGES]),
                         batch, loaded)
     if not _same_result(expected, got):
         raise ExportValidationError("the generation engine over the ONNX graphs does not find "
@@ -162,13 +169,13 @@ def write_graphs(loaded: LoadedCheckpoint, directory: Path, precision: str,
 
 def _module_decoding(model, batch, generation, positions):
     """The PyTorch module's StepDecoder for ``batch`` with ``positions`` decoder positions."""
-    input_ids = torch.from_numpy(batch["input_ids"])
+    input_ids = torch.from_numpy(batch[INPUT_IDS])
     if positions is None:
-        return cached_decoding(model, input_ids, torch.from_numpy(batch["patch_images"]),
+        return cached_decoding(model, input_ids, torch.from_numpy(batch[PATCH_IMAGES]),
                                generation)
     from ..modeling.generation import CachedDecoding
 
-    cache = model.start(input_ids, torch.from_numpy(batch["patch_images"]), positions)
+    cache = model.start(input_ids, torch.from_numpy(batch[PATCH_IMAGES]), positions)
     return CachedDecoding(model, cache, generation.temperature, generation.allowed)
 
 
@@ -196,7 +203,7 @@ def warmup_result(loaded: LoadedCheckpoint, batch: dict[str, np.ndarray]) -> dic
     sample feeds the postprocessing model."""
     task = loaded.settings.task
     batch = trim_padding(batch, loaded.text.pad_id)
-    rows = len(batch["input_ids"])
+    rows = len(batch[INPUT_IDS])
     with torch.inference_mode():
         decoding = _module_decoding(loaded.model, batch, task.generation,
                                     task.decoder_positions if task.traverse else None)

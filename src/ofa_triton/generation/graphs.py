@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..modeling.decoder import DecoderCache
 from ..modeling.generation import OfaGenerationModel
 from ..onnx_export import ONNX_OPSET
+from ..tensor_names import GENERATOR_INPUTS, INPUT_IDS, PATCH_IMAGES
 
 ENCODER_GRAPH = "encoder.onnx"
 STEP_GRAPH = "decoder_step.onnx"
@@ -32,7 +33,7 @@ ENCODER_STATE = ("cross_k", "cross_v", "encoder_mask", "self_bias", "cross_bias"
 
 
 class EncoderGraph(nn.Module):
-    INPUT_NAMES = ("input_ids", "patch_images")
+    INPUT_NAMES = GENERATOR_INPUTS
     OUTPUT_NAMES = ENCODER_STATE
 
     def __init__(self, model: OfaGenerationModel, positions: int):
@@ -75,16 +76,16 @@ class EncoderGraphConfig:
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         # Image height/width dynamic for the reason the scorer's are (onnx_export.py).
-        return {"input_ids": {0: "batch", 1: "source_length"},
-                "patch_images": {0: "batch", 2: "height", 3: "width"},
+        return {INPUT_IDS: {0: "batch", 1: "source_length"},
+                PATCH_IMAGES: {0: "batch", 2: "height", 3: "width"},
                 "cross_k": {1: "batch", 3: "source"}, "cross_v": {1: "batch", 3: "source"},
                 "encoder_mask": {0: "batch", 3: "source"}, "cross_bias": {3: "source"}}
 
     def random_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         rng = np.random.Generator(np.random.PCG64(seed))
         pixels = rng.normal(0, 1, (batch, 3, self.image_size, self.image_size))
-        return {"input_ids": np.array([self.source_ids] * batch, dtype=np.int64),
-                "patch_images": pixels.astype(np.float32)}
+        return {INPUT_IDS: np.array([self.source_ids] * batch, dtype=np.int64),
+                PATCH_IMAGES: pixels.astype(np.float32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +131,8 @@ class OnnxDecoding:
 
     def __init__(self, encoder, step, input_ids: np.ndarray, patch_images: np.ndarray):
         self.step_session = step
-        state = encoder.run(list(ENCODER_STATE), {"input_ids": input_ids,
-                                                  "patch_images": patch_images})
+        state = encoder.run(list(ENCODER_STATE), {INPUT_IDS: input_ids,
+                                                  PATCH_IMAGES: patch_images})
         self.state = dict(zip(ENCODER_STATE, state))
         layers, rows, heads, _, head_dim = self.state["cross_k"].shape
         positions = self.state["self_bias"].shape[-1]

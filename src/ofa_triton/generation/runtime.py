@@ -14,6 +14,7 @@ import torch
 from ..modeling.generation import CachedDecoding, OfaGenerationModel
 from ..runtime import RuntimeRecord, trim_padding
 from ..settings import ServingSettings
+from ..tensor_names import INPUT_IDS, PATCH_IMAGES
 from ..text import decoder_prompt
 from ..torch_runtime import instance_device, load_weights, read_architecture
 from .answers import AnswerTrie, score_answers, softmax_choice
@@ -73,20 +74,20 @@ class Generator:
         """The encoder run once over the batch; a StepDecoder ready for ``positions`` decoder
         positions (the ONNX graphs: the export's)."""
         if self.runtime == "torch":
-            input_ids = torch.from_numpy(batch["input_ids"]).to(self.device)
-            pixels = torch.from_numpy(batch["patch_images"]).to(self.device)
+            input_ids = torch.from_numpy(batch[INPUT_IDS]).to(self.device)
+            pixels = torch.from_numpy(batch[PATCH_IMAGES]).to(self.device)
             with torch.inference_mode():
                 cache = self.model.start(input_ids, pixels, positions)
             return CachedDecoding(self.model, cache, self.generation.temperature,
                                   self.generation.allowed)
         from .graphs import OnnxDecoding
 
-        return OnnxDecoding(*self.sessions, batch["input_ids"], batch["patch_images"])
+        return OnnxDecoding(*self.sessions, batch[INPUT_IDS], batch[PATCH_IMAGES])
 
     def _groups(self, batch: dict[str, np.ndarray], key) -> list[tuple[np.ndarray, dict]]:
         """The batch split into groups of requests with the same ``key(source ids)``, each
         trimmed of the padding all its rows share."""
-        sources = [row[row != self.special.pad].tolist() for row in batch["input_ids"]]
+        sources = [row[row != self.special.pad].tolist() for row in batch[INPUT_IDS]]
         keys = [key(source) for source in sources]
         groups = []
         for value in dict.fromkeys(keys):
@@ -96,13 +97,13 @@ class Generator:
         return groups
 
     def _search(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        source_length = batch["input_ids"].shape[1]
+        source_length = batch[INPUT_IDS].shape[1]
         positions = self.generation.max_len(source_length) + 1
         with torch.inference_mode():
             decoding = self._decoding(batch, positions)
             if self.trie is not None:
                 decoding = self.trie.decoding(decoding)
-            hypotheses = beam_search(decoding, len(batch["input_ids"]), source_length,
+            hypotheses = beam_search(decoding, len(batch[INPUT_IDS]), source_length,
                                      self.generation, self.special, self.vocab_size,
                                      device=self.device)
         return best_tokens(hypotheses, self.task.output_length, self.special.pad)
@@ -116,7 +117,7 @@ class Generator:
         return softmax_choice(scores)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = len(batch["input_ids"])
+        rows = len(batch[INPUT_IDS])
         tokens = np.full((rows, self.task.output_length), self.special.pad, dtype=np.int64)
         score = np.zeros(rows, dtype=np.float32)
         answer_index = np.full(rows, -1, dtype=np.int64)
@@ -126,7 +127,7 @@ class Generator:
                                                    self.special.bos)
             for group, part in self._groups(batch, lambda source: len(prompt(source))):
                 prompts = [prompt(row[row != self.special.pad].tolist())
-                           for row in part["input_ids"]]
+                           for row in part[INPUT_IDS]]
                 answer_index[group], score[group] = self._score(part, prompts)
         elif self.generation.max_len_a:
             # ModelScope's maximum length grows with each request's own source length.

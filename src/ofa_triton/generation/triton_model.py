@@ -14,10 +14,11 @@ import triton_python_backend_utils as pb_utils
 
 from ..manifest import checked_version_directory
 from ..runtime import RuntimeParameters, respond_batched
+from ..tensor_names import GENERATOR_INPUTS
 from ..warmup import warm_up
 from .runtime import Generator
 
-INPUTS = ("input_ids", "patch_images")
+INPUTS = GENERATOR_INPUTS
 
 
 class TritonPythonModel:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..tensor_names import SCORER_INPUTS, SCORER_OUTPUTS
 from .config import OfaArchitecture
 from .decoder import OfaDecoder
 from .encoder import OfaEncoder
@@ -93,9 +94,10 @@ class OfaModel(nn.Module):
 
 
 class OfaVisualEntailmentModel(OfaModel):
-    # Input and output names of the exported graph; the Triton models use the same names.
-    INPUT_NAMES = ("input_ids", "patch_images", "decoder_input_ids")
-    OUTPUT_NAMES = ("answer_scores",)
+    # Input and output names of the exported graph; the Triton models use the same names
+    # (tensor_names.py).
+    INPUT_NAMES = SCORER_INPUTS
+    OUTPUT_NAMES = SCORER_OUTPUTS
 
     def __init__(self, arch: OfaArchitecture, answer_token_ids: Sequence[int]):
         super().__init__(arch)

@@ -32,6 +32,12 @@ class TaskSettings:
     max_src_length: int
     prompt_type: str
 
+    @property
+    def source_length(self) -> int:
+        """The source's fixed length in tokens, bos and eos included: max_src_length + 2. The
+        preprocessing right-pads every source to it, and the configs declare it."""
+        return self.max_src_length + 2
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -85,6 +91,8 @@ class OfaTask:
     template_folder: ClassVar[str]
     # The template name of the public model (the ensemble clients call).
     public_model: ClassVar[str]
+    # The Triton model that turns a request into the encoder-decoder's tensors.
+    preprocess_model: ClassVar[str]
     # The Triton models that read the tokenizer files (vocab.json, merges.txt).
     tokenizer_models: ClassVar[tuple[str, ...]] = ()
     # The Triton model that holds the exported encoder-decoder (graphs or weights).

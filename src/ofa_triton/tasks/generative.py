@@ -37,7 +37,7 @@ class GenerationTaskSettings(TaskSettings):
     def longest_source(self) -> int:
         """The longest source in tokens (bos and eos included): ModelScope's maximum output
         length grows with it when max_len_a is not 0."""
-        return self.max_src_length + 2
+        return self.source_length
 
     @property
     def output_length(self) -> int:

@@ -24,7 +24,7 @@ class ImagePromptPreprocessor:
         self.transform = ImageTransform(task.patch_image_size, tuple(task.mean), tuple(task.std))
         # Token ids are right-padded to fixed lengths so that Triton's dynamic batcher can
         # merge any two requests.
-        self.source_length = task.max_src_length + 2
+        self.source_length = task.source_length
 
     @classmethod
     def from_directory(cls, directory: str | Path):

@@ -13,7 +13,7 @@ Python stub.
 import triton_python_backend_utils as pb_utils
 
 from ..manifest import checked_version_directory
-from ..runtime import respond_each, rows, text_from_bytes
+from ..runtime import input_array, respond_each, rows, text_from_bytes
 from ..warmup import warm_up
 from .preprocessing import stack
 
@@ -41,7 +41,7 @@ def preprocessing_model(preprocessor_class, texts: tuple[str, ...] = ()):
 
         def execute(self, requests):
             return respond_each(pb_utils, requests, lambda request: self._preprocess(
-                {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                {name: input_array(pb_utils, request, name)
                  for name in names}), "preprocessing")
 
     return TritonPythonModel

@@ -5,7 +5,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import respond_each
+from ofa_triton.runtime import input_array, respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.image_captioning import caption_text
 from ofa_triton.text import OfaTextEncoder
@@ -28,5 +28,5 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(pb_utils, requests, lambda request: {"caption": self._captions(
-            pb_utils.get_input_tensor_by_name(request, "tokens").as_numpy())},
+            input_array(pb_utils, request, "tokens"))},
             "postprocessing")

@@ -10,9 +10,8 @@ import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
 from ofa_triton.runtime import RuntimeParameters, open_encoder_decoder, respond_batched
+from ofa_triton.tensor_names import ANSWER_SCORES, SCORER_INPUTS
 from ofa_triton.warmup import warm_up
-
-INPUTS = ("input_ids", "patch_images", "decoder_input_ids")
 
 
 class TritonPythonModel:
@@ -29,6 +28,6 @@ class TritonPythonModel:
                                  f"warmed up in {seconds * 1000:.0f} ms")
 
     def execute(self, requests):
-        return respond_batched(pb_utils, requests, INPUTS,
-                               lambda batch: {"answer_scores": self.encoder_decoder(batch)},
+        return respond_batched(pb_utils, requests, SCORER_INPUTS,
+                               lambda batch: {ANSWER_SCORES: self.encoder_decoder(batch)},
                                "encoder-decoder")

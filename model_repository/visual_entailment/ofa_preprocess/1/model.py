@@ -8,12 +8,9 @@ others of the dynamic batch go on.
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import respond_each, rows, text_from_bytes
+from ofa_triton.runtime import input_array, respond_each, rows, text_from_bytes
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.warmup import warm_up
-
-INPUTS = ("image", "hypothesis", "premise")
-
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -36,9 +33,10 @@ class TritonPythonModel:
         return stack(samples)
 
     def _one(self, request):
-        tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
-        return self._preprocess({name: tensor.as_numpy() for name, tensor in tensors.items()
-                                 if tensor is not None})
+        premise = pb_utils.get_input_tensor_by_name(request, "premise")   # optional
+        inputs = {name: input_array(pb_utils, request, name) for name in ("image", "hypothesis")}
+        return self._preprocess(inputs if premise is None
+                                else {**inputs, "premise": premise.as_numpy()})
 
     def execute(self, requests):
         return respond_each(pb_utils, requests, self._one, "preprocessing")

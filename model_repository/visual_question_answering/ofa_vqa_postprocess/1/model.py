@@ -5,7 +5,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import respond_each
+from ofa_triton.runtime import input_array, respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_question_answering import answer_text
 from ofa_triton.text import OfaTextEncoder
@@ -29,5 +29,5 @@ class TritonPythonModel:
 
     def execute(self, requests):
         return respond_each(pb_utils, requests, lambda request: self._answers(
-            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            {name: input_array(pb_utils, request, name)
              for name in ("tokens", "answer_index")}), "postprocessing")

@@ -44,6 +44,7 @@ class ImageCaptioning(GenerativeTask):
     aliases = ("image_captioning",)
     template_folder = "image_captioning"
     public_model = "ofa_image_caption"
+    preprocess_model = "ofa_caption_preprocess"
     tokenizer_models = ("ofa_caption_preprocess", "ofa_caption_postprocess")
     encoder_decoder_model = "ofa_caption_generator"
     settings_class = CaptioningSettings

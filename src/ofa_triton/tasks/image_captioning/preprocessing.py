@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...tensor_names import INPUT_IDS, PATCH_IMAGES
 from ..preprocessing import ImagePromptPreprocessor
 
 
@@ -21,4 +22,4 @@ class CaptionPreprocessor(ImagePromptPreprocessor):
 
     def __call__(self, image_bytes: bytes) -> dict[str, np.ndarray]:
         """One request's tensors, without the batch dimension."""
-        return {"input_ids": self.input_ids.copy(), "patch_images": self.image_inputs(image_bytes)}
+        return {INPUT_IDS: self.input_ids.copy(), PATCH_IMAGES: self.image_inputs(image_bytes)}

@@ -39,6 +39,7 @@ class VisualEntailment(OfaTask):
     aliases = ("visual_entailment",)
     template_folder = "visual_entailment"
     public_model = "ofa_visual_entailment"
+    preprocess_model = "ofa_preprocess"
     tokenizer_models = ("ofa_preprocess",)
     encoder_decoder_model = "ofa_encoder_decoder"
     settings_class = VisualEntailmentSettings

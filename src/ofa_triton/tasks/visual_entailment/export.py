@@ -18,6 +18,7 @@ from ...modeling import OfaVisualEntailmentModel
 from ...onnx_export import OnnxExportConfig, export_onnx, validate_onnx
 from ...runtime import GRAPH_FILE
 from ...settings import SETTINGS_FILE, ServingSettings
+from ...tensor_names import ANSWER_SCORES
 from ...text import OfaTextEncoder
 from ...warmup import sample_image, serialize_strings, write_sample_files
 from .preprocessing import ModelInputs, VisualEntailmentPreprocessor, stack
@@ -142,5 +143,5 @@ def write_warmup_files(repository: Path, version: int, names: ModelNames,
         names.step("ofa_encoder_decoder"): {name: tensor[0].tobytes()
                                             for name, tensor in batch.items()},
         names.step("ofa_postprocess"): {
-            "answer_scores": np.asarray(_score(loaded.model, batch), dtype=np.float32)[0].tobytes()},
+            ANSWER_SCORES: np.asarray(_score(loaded.model, batch), dtype=np.float32)[0].tobytes()},
     })

@@ -49,6 +49,7 @@ class VisualGrounding(GenerativeTask):
     aliases = ("visual_grounding",)
     template_folder = "visual_grounding"
     public_model = "ofa_visual_grounding"
+    preprocess_model = "ofa_grounding_preprocess"
     tokenizer_models = ("ofa_grounding_preprocess",)
     encoder_decoder_model = "ofa_grounding_generator"
     settings_class = GroundingSettings

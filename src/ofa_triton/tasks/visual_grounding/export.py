@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...generation.export import warmup_result
+from ...tensor_names import GENERATOR_INPUTS
 from ...warmup import sample_image, serialize_strings, write_sample_files
 from ..preprocessing import stack
 from .preprocessing import GroundingPreprocessor
@@ -19,12 +20,10 @@ if TYPE_CHECKING:
 
 SAMPLE_TEXTS = ("the man on the left", "a red car parked near the tree")
 
-# The generator's inputs (the image size goes from preprocessing to postprocessing).
-GENERATOR_INPUTS = ("input_ids", "patch_images")
-
 
 def sample_batch(loaded: LoadedCheckpoint, rows: int = 2) -> dict[str, np.ndarray]:
-    """``rows`` requests of the sample image with texts of different lengths."""
+    """``rows`` requests of the sample image with texts of different lengths: the generator's
+    inputs (the image size goes from preprocessing to postprocessing)."""
     preprocessor = GroundingPreprocessor(loaded.settings, loaded.checkpoint.vocab_file,
                                          loaded.checkpoint.merges_file)
     image = sample_image(loaded.settings.limits)

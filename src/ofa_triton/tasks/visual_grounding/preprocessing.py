@@ -13,6 +13,7 @@ import numpy as np
 
 from ...image import decode_image
 from ...limits import check_text
+from ...tensor_names import INPUT_IDS, PATCH_IMAGES
 from ...text import pre_caption
 from ..preprocessing import ImagePromptPreprocessor
 
@@ -25,8 +26,8 @@ class GroundingPreprocessor(ImagePromptPreprocessor):
     def tensors(self, image_bytes: bytes, text: str) -> dict[str, np.ndarray]:
         """ModelScope's preprocessing of any text; only the image limits."""
         image = decode_image(image_bytes, self.limits)
-        return {"input_ids": self.padded(self.source_ids(text), self.source_length),
-                "patch_images": self.transform(image),
+        return {INPUT_IDS: self.padded(self.source_ids(text), self.source_length),
+                PATCH_IMAGES: self.transform(image),
                 "image_size": np.array(image.size, dtype=np.int64)}
 
     def __call__(self, image_bytes: bytes, text: str) -> dict[str, np.ndarray]:

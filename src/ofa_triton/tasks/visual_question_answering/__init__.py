@@ -40,6 +40,7 @@ class VisualQuestionAnswering(GenerativeTask):
     aliases = ("visual_question_answering",)
     template_folder = "visual_question_answering"
     public_model = "ofa_visual_question_answering"
+    preprocess_model = "ofa_vqa_preprocess"
     tokenizer_models = ("ofa_vqa_preprocess", "ofa_vqa_postprocess")
     encoder_decoder_model = "ofa_vqa_generator"
     settings_class = VqaSettings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...limits import check_text
+from ...tensor_names import INPUT_IDS, PATCH_IMAGES
 from ...text import pre_question
 from ..preprocessing import ImagePromptPreprocessor
 
@@ -28,8 +29,8 @@ class VqaPreprocessor(ImagePromptPreprocessor):
 
     def tensors(self, image_bytes: bytes, question: str) -> dict[str, np.ndarray]:
         """ModelScope's preprocessing of any question; only the image limits."""
-        return {"input_ids": self.padded(self.source_ids(question), self.source_length),
-                "patch_images": self.image_inputs(image_bytes)}
+        return {INPUT_IDS: self.padded(self.source_ids(question), self.source_length),
+                PATCH_IMAGES: self.image_inputs(image_bytes)}
 
     def __call__(self, image_bytes: bytes, question: str) -> dict[str, np.ndarray]:
         """One request of the service: the question checked against the limits first."""
