@@ -1,50 +1,21 @@
 """The real perf_analyzer (shipped in tritonclient 2.50.0's wheel) against the ensemble.
 
-It needs ``libb64.so.0d`` and ``libcudart.so.12``. The nvidia-pytriton wheel vendors both
-(renamed by auditwheel; the device kit keeps them), so a private directory of symlinks under
-the sonames is enough: no apt package and no CUDA download.
+It needs ``libb64.so.0d`` and ``libcudart.so.12``, which ``ofa_triton.perf`` (the one
+implementation, also behind ``ofa-triton perf``) links from the nvidia-pytriton wheel's
+vendored copies (or the device kit's): no apt package and no CUDA download.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-VENDORED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+from ofa_triton.perf import (VENDORED, library_directory, perf_analyzer_binary,
+                             perf_analyzer_environment)
 
-
-def perf_analyzer_binary() -> Path:
-    candidate = Path(sys.executable).parent / "perf_analyzer"
-    found = candidate if candidate.is_file() else shutil.which("perf_analyzer")
-    if not found:
-        raise FileNotFoundError("perf_analyzer not found: pip install 'tritonclient[all]==2.50.0'")
-    return Path(found)
-
-
-def library_directory(workdir: Path) -> Path:
-    """Symlinks under the sonames perf_analyzer asks for, to the server's vendored libraries
-    (the nvidia-pytriton wheel's, or an unpacked device kit's)."""
-    from ofa_triton.server import find_triton
-
-    vendored = find_triton().library_dir
-    if vendored is None:
-        raise FileNotFoundError("this tritonserver has no vendored libraries; install "
-                                "libb64-0d and nvidia-cuda-runtime-cu12 for perf_analyzer")
-    target = workdir / "perf_analyzer_libs"
-    target.mkdir(parents=True, exist_ok=True)
-    for soname, prefix in VENDORED.items():
-        matches = sorted(vendored.glob(prefix + "*"))
-        if not matches:
-            raise FileNotFoundError(f"{prefix}* not in {vendored}; install libb64-0d and "
-                                    "nvidia-cuda-runtime-cu12 instead")
-        link = target / soname
-        if not link.exists():
-            link.symlink_to(matches[0])
-    return target
+# VENDORED and perf_analyzer_binary are re-exported: the device kit imports them from here.
+__all__ = ["VENDORED", "library_directory", "perf_analyzer_binary", "run_perf_analyzer"]
 
 
 def run_perf_analyzer(url: str, inputs_json: Path, concurrency: int, csv_path: Path,
@@ -56,9 +27,7 @@ def run_perf_analyzer(url: str, inputs_json: Path, concurrency: int, csv_path: P
     each request takes up to seconds, a window must still hold many of them). If
     perf_analyzer finds no stable measurement, it is asked once more with a looser stability
     threshold."""
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        [str(library_directory(workdir))] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+    env = perf_analyzer_environment(workdir)
     window = measurement_ms * (max(1, concurrency // 8) if grow_window else 1)
     for stability in (30, 60):
         argv = [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", "grpc",

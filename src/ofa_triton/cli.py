@@ -13,9 +13,11 @@ from .deploy import DeployError
 from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
 from .export import PRECISIONS
 from .onnx_export import ExportValidationError
+from .perf import DEFAULT_COUNT, DEFAULT_SEED
 from .runtime import RUNTIMES, TORCH_COMPILE_MODES
 from .tasks import TASKS, UnknownTaskError
-from .triton_config import ENSEMBLE_MODEL
+from .server import ServerOptions
+from .triton_config import ENSEMBLE_MODEL, ServingOptions
 
 # Errors that mean "this input cannot be exported": shown as one line, exit code 2.
 USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError,
@@ -44,6 +46,68 @@ def _export(args: argparse.Namespace) -> int:
                       max_src_length=args.max_src_length, prompt_type=args.prompt_type,
                       limits=limits.from_export_arguments(args))
     return 0
+
+
+def _defaults(options_class) -> dict:
+    """{field: default} of a dataclass of options: the one place each default is written."""
+    import dataclasses
+
+    return {field.name: field.default for field in dataclasses.fields(options_class)
+            if field.default is not dataclasses.MISSING}
+
+
+SERVING_DEFAULTS = _defaults(ServingOptions)
+SERVER_DEFAULTS = _defaults(ServerOptions)
+
+
+def _perf_inputs(args: argparse.Namespace) -> int:
+    from .perf import resolve_task, write_model_inputs
+
+    task = resolve_task(args.model, args.task)
+    summary = write_model_inputs(args.output, task, images=args.images, texts=args.texts,
+                                 count=args.count, seed=args.seed)
+    print(f"wrote {summary.requests} request(s) for {summary.model} ({', '.join(summary.inputs)}"
+          f"; images: {summary.images}; texts: {summary.texts}) to {summary.path}\n"
+          f"run: ofa-triton perf -m {args.model or summary.model} --input-data {summary.path}")
+    return 0
+
+
+# With -i grpc: where ofa-triton serve listens by default.
+PERF_DEFAULT_URL = f"localhost:{SERVER_DEFAULTS['grpc_port']}"
+
+
+def _perf(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    from .perf import (perf_analyzer_binary, perf_analyzer_environment, task_of_model,
+                       write_model_inputs)
+
+    binary = perf_analyzer_binary()
+    model = args.model or ENSEMBLE_MODEL
+    argv = [str(binary), "-m", model]
+    if args.url is None and args.protocol is None:
+        argv += ["-u", PERF_DEFAULT_URL, "-i", "grpc"]
+    else:
+        argv += (["-u", args.url] if args.url else []) + (["-i", args.protocol] if args.protocol
+                                                         else [])
+    with tempfile.TemporaryDirectory(prefix="ofa-triton-perf-") as scratch:
+        env = perf_analyzer_environment(Path(scratch), strict=False)
+        if args.input_data is None:
+            summary = write_model_inputs(Path(scratch) / "inputs.json", task_of_model(model))
+            print(f"ofa-triton perf: {summary.requests} requests for {model} (images: "
+                  f"{summary.images}; texts: {summary.texts}); for your own, ofa-triton "
+                  "perf-inputs, then --input-data FILE", file=sys.stderr, flush=True)
+            argv += ["--input-data", str(summary.path)]
+        else:
+            argv += ["--input-data", args.input_data]
+        argv += args.perf_analyzer_arguments
+        returncode = subprocess.run(argv, env=env).returncode
+    if returncode == 127:   # the loader's: a shared library not found
+        print("ofa-triton perf: perf_analyzer could not start; the libraries it needs come "
+              "with the serving extra (pip install -e '.[serve]': nvidia-pytriton), or install "
+              "libb64-0d and the CUDA 12 runtime", file=sys.stderr)
+    return returncode
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -226,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a ModelScope model id (namespace/name) or a checkpoint directory")
     export.add_argument("--repository", required=True, type=Path,
                         help="the model repository directory to write into")
-    export.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                        help="where the encoder-decoder will run (default: cpu)")
+    export.add_argument("--device", choices=("cpu", "gpu"), default=SERVING_DEFAULTS["device"],
+                        help="where the encoder-decoder will run (default: %(default)s)")
     export.add_argument("--task", default=None, metavar="TASK",
                         help="the task to export the checkpoint for (default: configuration.json's "
                         "task; visual-entailment for checkpoints without one); one of: "
@@ -247,33 +311,45 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, default=None,
                         help="the version to write (default: the next free number; 1 in a new "
                         "repository)")
-    export.add_argument("--name-prefix", default="",
+    export.add_argument("--name-prefix", default=SERVING_DEFAULTS["name_prefix"],
                         help="prepended to the four model names, so that several checkpoints "
                         "share one repository (for example large_ -> large_ofa_visual_entailment)")
+    # The defaults are ServingOptions' (triton_config.py), written there only.
     serving = export.add_argument_group("serving options (written into config.pbtxt)")
-    serving.add_argument("--max-batch-size", type=int, default=32)
-    serving.add_argument("--queue-delay-us", type=int, default=2000,
-                         help="dynamic-batching delay of every step, in microseconds")
-    serving.add_argument("--preprocess-instances", type=int, default=2,
-                         help="CPU instances of ofa_preprocess")
-    serving.add_argument("--encoder-decoder-instances", type=int, default=1,
-                         help="instances of ofa_encoder_decoder (per GPU with --device gpu)")
-    serving.add_argument("--postprocess-instances", type=int, default=1,
-                         help="CPU instances of ofa_postprocess")
-    serving.add_argument("--max-queue-size", type=int, default=256,
+    default = SERVING_DEFAULTS
+    serving.add_argument("--max-batch-size", type=int, default=default["max_batch_size"],
+                         help="(default: %(default)s)")
+    serving.add_argument("--queue-delay-us", type=int, default=default["queue_delay_us"],
+                         help="dynamic-batching delay of every step, in microseconds "
+                         "(default: %(default)s)")
+    serving.add_argument("--preprocess-instances", type=int,
+                         default=default["preprocess_instances"],
+                         help="CPU instances of ofa_preprocess (default: %(default)s)")
+    serving.add_argument("--encoder-decoder-instances", type=int,
+                         default=default["encoder_decoder_instances"],
+                         help="instances of ofa_encoder_decoder (per GPU with --device gpu; "
+                         "default: %(default)s)")
+    serving.add_argument("--postprocess-instances", type=int,
+                         default=default["postprocess_instances"],
+                         help="CPU instances of ofa_postprocess (default: %(default)s)")
+    serving.add_argument("--max-queue-size", type=int, default=default["max_queue_size"],
                          help="waiting requests per step before new ones are refused "
-                         "(0: unbounded)")
-    serving.add_argument("--queue-timeout-us", type=int, default=0,
+                         "(0: unbounded; default: %(default)s)")
+    serving.add_argument("--queue-timeout-us", type=int, default=default["queue_timeout_us"],
                          help="longest wait in a step's queue before a request is refused "
-                         "(0: no limit)")
-    serving.add_argument("--intra-op-threads", type=int, default=0,
-                         help="CPU threads per encoder-decoder instance (0: all cores)")
-    serving.add_argument("--cuda-graph-batch-sizes", default="auto", metavar="SIZES",
+                         "(0: no limit; default: %(default)s)")
+    serving.add_argument("--intra-op-threads", type=int, default=default["intra_op_threads"],
+                         help="CPU threads per encoder-decoder instance (0: all cores; "
+                         "default: %(default)s)")
+    serving.add_argument("--cuda-graph-batch-sizes", metavar="SIZES",
+                         default=default["cuda_graph_batch_sizes"],
                          help="torch runtime on GPUs: batch sizes captured as CUDA graphs at "
                          "load, e.g. 1,2,4,8,16,32 (auto: powers of two up to "
-                         "--max-batch-size; '': none)")
-    serving.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES, default="none",
-                         help="torch runtime: torch.compile mode (default none: eager kernels)")
+                         "--max-batch-size; '': none; default: %(default)s)")
+    serving.add_argument("--torch-compile", choices=TORCH_COMPILE_MODES,
+                         default=default["torch_compile"],
+                         help="torch runtime: torch.compile mode (default %(default)s: eager "
+                         "kernels)")
     settings = export.add_argument_group(
         "task settings", "override configuration.json; needed for Hugging Face layout "
         "checkpoints, which have none (defaults: the released SNLI-VE settings)")
@@ -286,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run tritonserver on an exported repository "
                                 "in the foreground (Ctrl-C stops it)")
     serve.add_argument("--repository", required=True, type=Path)
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    serve.add_argument("--log-verbose", type=int, default=0)
-    serve.add_argument("--model-control", choices=("none", "explicit"), default="none",
+    # The defaults are ServerOptions' (server.py).
+    serve.add_argument("--http-port", type=int, default=SERVER_DEFAULTS["http_port"])
+    serve.add_argument("--grpc-port", type=int, default=SERVER_DEFAULTS["grpc_port"])
+    serve.add_argument("--metrics-port", type=int, default=SERVER_DEFAULTS["metrics_port"])
+    serve.add_argument("--host", default=SERVER_DEFAULTS["host"], help="address to listen on")
+    serve.add_argument("--log-verbose", type=int, default=SERVER_DEFAULTS["log_verbose"])
+    serve.add_argument("--model-control", choices=("none", "explicit"),
+                       default=SERVER_DEFAULTS["model_control"],
                        help="explicit: load/unload models through the repository API")
     serve.add_argument("--admin-key-env", metavar="VARIABLE",
                        help="environment variable holding the admin key: the model-repository, "
@@ -377,6 +455,58 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, default=60.0)
         command.set_defaults(handler=handler)
 
+    public_models = ", ".join(task.public_model for task in TASKS.values())
+    perf_inputs = commands.add_parser(
+        "perf-inputs", help="write perf_analyzer's --input-data JSON for a public model, from "
+        "your own images and texts (or generated ones)",
+        description="Write perf_analyzer's --input-data JSON for a public model: one request "
+        "per image (and per text line, the shorter list cycled); every input a BYTES [1] "
+        "element. Run it with: ofa-triton perf -m MODEL --input-data FILE")
+    perf_inputs.add_argument("--images", type=Path, metavar="DIR",
+                             help="a folder of images (its "
+                             f"{', '.join(f.lower() for f in limits.DEFAULT_IMAGE_FORMATS)} "
+                             "files; not its subfolders), or one image file; each is checked "
+                             "as the server checks it (default: generated photo-like JPEGs)")
+    perf_inputs.add_argument("--texts", type=Path, metavar="FILE",
+                             help="UTF-8 text, one request's text per line: entailment's "
+                             "hypothesis (or hypothesis<TAB>premise), VQA's question, "
+                             "grounding's region description (default: built-in ones)")
+    which = perf_inputs.add_mutually_exclusive_group()
+    which.add_argument("--model", help=f"the public model ({public_models}; an export's "
+                       f"--name-prefix allowed; default {ENSEMBLE_MODEL})")
+    which.add_argument("--task", help="or the task: " + ", ".join(TASKS))
+    perf_inputs.add_argument("--output", type=Path, default=Path("perf_inputs.json"),
+                             metavar="FILE",
+                             help="the JSON file to write (default: %(default)s)")
+    perf_inputs.add_argument("--count", type=int, default=None,
+                             help=f"generated images: how many (default {DEFAULT_COUNT}); "
+                             "with --images: at most that many requests")
+    perf_inputs.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                             help="generated images: the first seed (default: %(default)s)")
+    perf_inputs.set_defaults(handler=_perf_inputs)
+
+    perf = commands.add_parser(
+        "perf", allow_abbrev=False, usage="%(prog)s [-m MODEL] [-u URL] [-i {grpc,http}] "
+        "[--input-data FILE] [perf_analyzer arguments ...]",
+        help="run the bundled perf_analyzer (with the libraries it needs) against a running "
+        "server; other arguments go to perf_analyzer",
+        description="Run tritonclient's perf_analyzer with the libraries it needs. Every "
+        "argument not listed here goes to perf_analyzer as it is (for example "
+        "--concurrency-range 1:8 --measurement-interval 5000 -f results.csv); its exit code "
+        "is this command's. Without --input-data, the -m model's inputs are generated "
+        f"({DEFAULT_COUNT} photo-like JPEGs with built-in texts; ofa-triton perf-inputs writes "
+        "them from your own images).")
+    perf.add_argument("-m", dest="model", metavar="MODEL",
+                      help=f"the model (default {ENSEMBLE_MODEL})")
+    perf.add_argument("-u", dest="url", metavar="URL",
+                      help=f"the server (default with neither -u nor -i: {PERF_DEFAULT_URL} "
+                      "over gRPC; else perf_analyzer's)")
+    perf.add_argument("-i", dest="protocol", metavar="{grpc,http}",
+                      help="the protocol (default: grpc when -u is not given either)")
+    perf.add_argument("--input-data", metavar="FILE",
+                      help="perf_analyzer's input data (default: generated for -m's model)")
+    perf.set_defaults(handler=_perf, passes_through=True)
+
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")
     tiny.add_argument("directory", type=Path)
@@ -396,7 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "passes_through", False):
+        args.perf_analyzer_arguments = unknown   # ofa-triton perf: perf_analyzer's own
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except USER_ERRORS as error:

@@ -104,17 +104,21 @@ def _backend_directory(install: TritonInstall, workdir: Path) -> Path | None:
     return backends
 
 
+def library_path(*directories: Path | str | None, environ: dict[str, str] | None = None) -> str:
+    """An ``LD_LIBRARY_PATH`` value: ``directories`` (None skipped) ahead of the inherited one
+    (``environ``'s, by default this process's). The one place it is built: tritonserver's
+    (below) and perf_analyzer's (``ofa_triton.perf``)."""
+    inherited = (os.environ if environ is None else environ).get("LD_LIBRARY_PATH")
+    entries = [str(directory) for directory in directories if directory is not None]
+    return os.pathsep.join(entries + ([inherited] if inherited else []))
+
+
 def _library_path(install: TritonInstall) -> str:
     """The server's vendored libraries, and the directory of the running interpreter's
     libpython (the stub embeds it; outside the system's library directories, e.g. a Python
     built under /opt, the stub fails to start without it)."""
-    entries = [str(install.library_dir)] if install.library_dir is not None else []
     libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and Path(libdir).is_dir():
-        entries.append(libdir)
-    if os.environ.get("LD_LIBRARY_PATH"):
-        entries.append(os.environ["LD_LIBRARY_PATH"])
-    return os.pathsep.join(entries)
+    return library_path(install.library_dir, libdir if libdir and Path(libdir).is_dir() else None)
 
 
 @dataclasses.dataclass
