@@ -9,7 +9,7 @@ REPOSITORY := $(WORK)/model_repository
 
 REF_STAMP := .venv-ref/.installed
 
-.PHONY: setup test serve bench bench-gpu soak goldens reference-env device-kit clean
+.PHONY: setup test serve bench bench-gpu soak goldens reference-env device-kit model-analyzer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,18 @@ soak: $(STAMP)
 # with `python3 -m benchmarks.device.kit unpack` (benchmarks/device/kit.py). About 2 minutes.
 device-kit: $(STAMP)
 	$(PY) -m benchmarks.device.kit build
+
+# Triton's model-analyzer on the built-in visual-entailment ensemble (local launch, CPU only,
+# quick search): about 8 minutes on 2 cores. It lives in its own environment because it pins
+# another grpcio than the project's. Results in work/model-analyzer/results (summary,
+# detailed reports, CSV). Another ensemble: ofa-triton model-analyzer-config --model ...
+ANALYZER_VENV := .venv-analyzer
+model-analyzer: $(STAMP)
+	test -x $(ANALYZER_VENV)/bin/model-analyzer || ($(PYTHON) -m venv $(ANALYZER_VENV) && \
+		$(ANALYZER_VENV)/bin/pip install -q "triton-model-analyzer==1.46.0" "tritonclient[all]==2.50.0")
+	$(VENV)/bin/ofa-triton make-builtin-repository $(REPOSITORY) --checkpoints $(WORK)/checkpoints
+	$(VENV)/bin/ofa-triton model-analyzer-config --repository $(REPOSITORY) --output $(WORK)/model-analyzer
+	$(ANALYZER_VENV)/bin/model-analyzer profile -f $(WORK)/model-analyzer/profile.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(WORK)

@@ -95,3 +95,18 @@ def test_the_wrappers_serve_and_measure_as_model_analyzer_runs_them(workspace, t
         from ofa_triton.server import kill_leftover_stubs
 
         kill_leftover_stubs(server.pid)
+
+
+def test_the_command_writes_the_workspace_and_says_how_to_run_it(exported_repositories,
+                                                                 tmp_path):
+    import sys
+
+    command = [sys.executable, "-m", "ofa_triton.cli", "model-analyzer-config", "--repository",
+               str(exported_repositories["tiny"]), "--output", str(tmp_path / "ws")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"model-analyzer profile -f {tmp_path / 'ws' / 'profile.yaml'}" in result.stdout
+    wrong = subprocess.run(command + ["--model", "ofa_image_caption"], capture_output=True,
+                           text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "has no ensemble 'ofa_image_caption'; it has ofa_visual_entailment" in wrong.stderr

@@ -72,6 +72,20 @@ def _perf_inputs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_analyzer_config(args: argparse.Namespace) -> int:
+    from .model_analyzer import MODEL_ANALYZER_VERSION, write_workspace
+
+    profile = write_workspace(args.repository, args.model, args.output, images=args.images,
+                              texts=args.texts, max_concurrency=args.max_concurrency,
+                              max_instances=args.max_instances,
+                              max_batch_size=args.max_batch_size)
+    print(f"wrote {profile} (and the ensemble's copy, the server and perf_analyzer wrappers, "
+          f"the inputs beside it). Run, with triton-model-analyzer=={MODEL_ANALYZER_VERSION} "
+          f"installed (make model-analyzer does it all; about 8 minutes on 2 cores):\n"
+          f"  model-analyzer profile -f {profile}")
+    return 0
+
+
 # With -i grpc: where ofa-triton serve listens by default.
 PERF_DEFAULT_URL = f"localhost:{SERVER_DEFAULTS['grpc_port']}"
 
@@ -373,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="explicit: load/unload models through the repository API")
     serve.add_argument("--admin-key-env", metavar="VARIABLE",
                        help="environment variable holding the admin key: the model-repository, "
-                       "model-config and shared-memory APIs then need the header "
-                       "'admin-key: <key>' (inference stays open)")
+                       "model-config, shared-memory, trace and logging APIs then need the header "
+                       "'admin-key: <key>' (inference, health, metadata and statistics stay "
+                       "open)")
     serve.set_defaults(handler=_serve)
 
     for name, handler, summary in (
@@ -506,6 +521,25 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--input-data", metavar="FILE",
                       help="perf_analyzer's input data (default: generated for -m's model)")
     perf.set_defaults(handler=_perf, passes_through=True)
+
+    analyzer = commands.add_parser(
+        "model-analyzer-config", help="write a workspace for Triton's model-analyzer to profile "
+        "an ensemble of an exported repository (local launch, CPU only, quick search)")
+    analyzer.add_argument("--repository", required=True, type=Path)
+    analyzer.add_argument("--model", default=ENSEMBLE_MODEL,
+                          help=f"the ensemble to profile (default {ENSEMBLE_MODEL})")
+    analyzer.add_argument("--output", type=Path, default=Path("work/model-analyzer"),
+                          help="the workspace directory (default: %(default)s)")
+    analyzer.add_argument("--images", type=Path, metavar="DIR",
+                          help="request images, as for perf-inputs (default: generated)")
+    analyzer.add_argument("--texts", type=Path, metavar="FILE",
+                          help="request texts, as for perf-inputs (default: built-in)")
+    analyzer.add_argument("--max-concurrency", type=int, default=16)
+    analyzer.add_argument("--max-instances", type=int, default=2,
+                          help="most instances per step the search tries")
+    analyzer.add_argument("--max-batch-size", type=int, default=8,
+                          help="largest max_batch_size the search tries")
+    analyzer.set_defaults(handler=_model_analyzer_config)
 
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")
