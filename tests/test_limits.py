@@ -15,7 +15,7 @@ from ofa_triton import limits as limits_module
 from ofa_triton.cli import build_parser
 from ofa_triton.image import ImageDecodeError, decode_image
 from ofa_triton.limits import InputLimits, check_texts
-from ofa_triton.runtime import RequestError
+from ofa_triton.triton_requests import RequestError
 from ofa_triton.settings import ServingSettings
 from tests import bad_inputs
 from tests.bad_inputs import INVALID_IMAGES, VALID_EDGE_IMAGES, png_declaring

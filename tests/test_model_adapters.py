@@ -41,7 +41,7 @@ from tritonclient.grpc import model_config_pb2
 from ofa_triton.limits import DEFAULT_MAX_TEXT_CHARS
 from ofa_triton.settings import ServingSettings
 from ofa_triton.synthetic import photo_like
-from ofa_triton.runtime import FAULT_HINT
+from ofa_triton.triton_requests import FAULT_HINT
 from tests import fake_pb_utils as pb
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_repository"
@@ -588,7 +588,7 @@ def test_an_unexpected_exception_never_escapes_a_batched_model(served, name, mon
 def test_a_request_error_from_deep_in_the_package_is_invalid_arg(served, monkeypatch):
     """Any RequestError raised under execute() (not only the adapters' own checks) is the
     request's fault: INVALID_ARG, its message unchanged."""
-    from ofa_triton.runtime import RequestError
+    from ofa_triton.triton_requests import RequestError
 
     model = served["ofa_grounding_postprocess"]
     first, second = good_requests(model)

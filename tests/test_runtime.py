@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofa_triton.runtime import (RequestError, concat_batches, require_cuda, rows, split_rows,
-                                text_from_bytes, trim_padding)
+from ofa_triton.runtime import require_cuda, trim_padding
+from ofa_triton.triton_requests import (RequestError, concat_batches, rows, split_rows,
+                                        text_from_bytes)
 from ofa_triton.settings import ServingSettings
 from ofa_triton.triton_config import ModelNames, ServedVersions, ServingOptions, render_configs
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .limits import InputLimits
-from .runtime import RequestError
+from .triton_requests import RequestError
 
 # OFA's two normalizations: 0.5/0.5 unless the config sets imagenet_default_mean_and_std.
 OFA_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .runtime import RequestError
+from .triton_requests import RequestError
 
 # Defaults for a public endpoint. The model sees a patch_image_size square (480 px for the
 # released checkpoints) and at most max_src_length (80) words, so the limits only have to let

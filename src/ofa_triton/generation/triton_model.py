@@ -13,7 +13,8 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from ..manifest import checked_version_directory
-from ..runtime import RuntimeParameters, respond_batched
+from ..runtime import RuntimeParameters
+from ..triton_requests import respond_batched
 from ..tensor_names import GENERATOR_INPUTS
 from ..warmup import warm_up
 from .runtime import Generator

@@ -13,7 +13,7 @@ Python stub.
 import triton_python_backend_utils as pb_utils
 
 from ..manifest import checked_version_directory
-from ..runtime import input_array, respond_each, rows, text_from_bytes
+from ..triton_requests import input_array, respond_each, rows, text_from_bytes
 from ..warmup import warm_up
 from .preprocessing import stack
 

@@ -9,7 +9,8 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import RuntimeParameters, open_encoder_decoder, respond_batched
+from ofa_triton.runtime import RuntimeParameters, open_encoder_decoder
+from ofa_triton.triton_requests import respond_batched
 from ofa_triton.tensor_names import ANSWER_SCORES, SCORER_INPUTS
 from ofa_triton.warmup import warm_up
 

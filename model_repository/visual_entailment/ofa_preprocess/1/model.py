@@ -8,7 +8,7 @@ others of the dynamic batch go on.
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import input_array, respond_each, rows, text_from_bytes
+from ofa_triton.triton_requests import input_array, respond_each, rows, text_from_bytes
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor, stack
 from ofa_triton.warmup import warm_up
 

@@ -5,7 +5,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ofa_triton.manifest import checked_version_directory
-from ofa_triton.runtime import input_array, respond_each
+from ofa_triton.triton_requests import input_array, respond_each
 from ofa_triton.settings import ServingSettings
 from ofa_triton.tasks.visual_question_answering import answer_text
 from ofa_triton.text import OfaTextEncoder
