@@ -1,8 +1,10 @@
 """A corpus of hostile, broken and awkward inputs, made by code (nothing binary in git).
 
-``INVALID_IMAGES`` and ``INVALID_TEXTS`` must each be refused with INVALID_ARG and a message
-containing the fragment given; ``VALID_EDGE_IMAGES`` are unusual but valid images that must be
-answered like any other. Each entry is a function so that a test builds only what it uses.
+``INVALID_IMAGES`` and ``INVALID_TEXTS`` (refused by the preprocessing step) and
+``MALFORMED_REQUESTS`` (refused by Triton before any model runs) must each be refused with
+INVALID_ARG and a message containing the fragment given; ``VALID_EDGE_IMAGES`` are unusual but
+valid images that must be answered like any other. Each entry is a function so that a test
+builds only what it uses.
 """
 
 from __future__ import annotations
@@ -47,14 +49,39 @@ def png_declaring(width: int, height: int) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
+# The accepted formats (InputLimits' default --image-formats), as Pillow names them, and how
+# the corpus saves a photo in each.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+SAVE_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"quality": 80}}
+
+
+def encoded_photo(fmt: str, width: int = 320, height: int = 240, seed: int = 1) -> bytes:
+    image = photo(width, height, seed)
+    if fmt == "GIF":
+        image = image.convert("P", palette=Image.ADAPTIVE)
+    return _encoded(image, fmt, **SAVE_OPTIONS.get(fmt, {}))
+
+
+def truncated(fmt: str, fraction: float = 2 / 3) -> bytes:
+    """The first ``fraction`` of a 320x240 photo in ``fmt``: cut inside its pixel data. (A cut
+    that removes only what follows the pixel data, such as PNG's IEND chunk or GIF's trailer
+    byte, leaves a complete image, which Pillow decodes.)"""
+    data = encoded_photo(fmt)
+    return data[:int(len(data) * fraction)]
+
+
+# What the refusal of a truncated file says, per format (Pillow 13). Only WebP's does not say
+# "truncated": libwebp refuses a file shorter than its RIFF header declares before decoding.
+TRUNCATION_ERRORS = {**{fmt: "OSError: image file is truncated" for fmt in FORMATS},
+                     "WEBP": "OSError: could not create decoder object"}
+
+
 def truncated_jpeg() -> bytes:
-    data = _encoded(photo(), "JPEG", quality=90)
-    return data[:len(data) * 2 // 3]
+    return truncated("JPEG")
 
 
 def truncated_png() -> bytes:
-    data = _encoded(photo(), "PNG")
-    return data[:len(data) * 2 // 3]
+    return truncated("PNG")
 
 
 def random_bytes() -> bytes:
@@ -77,16 +104,46 @@ def ico_image() -> bytes:
     return _encoded(photo(32, 32), "ICO")
 
 
+# The formats that hold several images, which the service reads as their first (as ModelScope's
+# load_image does): GIF, WebP and PNG (APNG) animations, multi-page TIFF, and JPEG's
+# multi-picture form MPO (stereo and depth photos; Pillow opens it as a JPEG, so the JPEG
+# format accepts it). BMP holds one image only. Saved so that a frame alone decodes to
+# exactly the same pixels as in the sequence: WebP lossless, JPEG at the same quality.
+MULTI_FRAME_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF")
+_SEQUENCE_FORMAT = {"JPEG": "MPO"}
+_FRAME_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"lossless": True},
+                  "GIF": {"duration": 100, "loop": 0}, "PNG": {"duration": 100, "loop": 0}}
+
+
+def _frame(fmt: str, index: int) -> Image.Image:
+    # A new image per save: saving sets attributes on it (PNG's encoderconfig) that break a
+    # later TIFF save of the same object.
+    image = photo(96, 64, index + 1)
+    return image.convert("P", palette=Image.ADAPTIVE) if fmt == "GIF" else image
+
+
+def multi_frame(fmt: str, frames: int = 3) -> bytes:
+    """``frames`` different photos (96x64) in one file of ``fmt``."""
+    images = [_frame(fmt, index) for index in range(frames)]
+    return _encoded(images[0], _SEQUENCE_FORMAT.get(fmt, fmt), save_all=True,
+                    append_images=images[1:], **_FRAME_OPTIONS.get(fmt, {}))
+
+
+def frame_alone(fmt: str, index: int = 0) -> bytes:
+    """Frame ``index`` of ``multi_frame(fmt)`` saved on its own."""
+    options = {k: v for k, v in _FRAME_OPTIONS.get(fmt, {}).items()
+               if k not in ("duration", "loop")}
+    return _encoded(_frame(fmt, index), fmt, **options)
+
+
 def animated_gif() -> bytes:
     """Three frames of different images; the service answers with the first."""
-    frames = [photo(96, 64, seed).convert("P", palette=Image.ADAPTIVE) for seed in (1, 2, 3)]
-    return _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100,
-                    loop=0)
+    return multi_frame("GIF")
 
 
 def first_frame_gif() -> bytes:
     """The first frame of ``animated_gif`` on its own."""
-    return _encoded(photo(96, 64, 1).convert("P", palette=Image.ADAPTIVE), "GIF")
+    return frame_alone("GIF")
 
 
 def png_16bit() -> bytes:
@@ -97,8 +154,8 @@ def png_16bit() -> bytes:
 # name -> (bytes, a fragment the refusal's message must contain)
 INVALID_IMAGES = {
     "zero_bytes": (lambda: b"", "empty (0 bytes)"),
-    "truncated_jpeg": (truncated_jpeg, "truncated"),
-    "truncated_png": (truncated_png, "truncated"),
+    **{f"truncated_{fmt.lower()}": (functools.partial(truncated, fmt), TRUNCATION_ERRORS[fmt])
+       for fmt in FORMATS},
     "random_bytes": (random_bytes, "not an image in an accepted format"),
     "text_file": (lambda: b"a photo of a dog on a beach\n", "it is text"),
     "svg": (svg, "XML document"),
@@ -119,6 +176,10 @@ VALID_EDGE_IMAGES = {
     "wide_3000x3": lambda: _encoded(photo(3000, 3, 7), "PNG"),
     "tall_2x2000": lambda: _encoded(photo(2, 2000, 8), "JPEG", quality=90),
     "animated_gif": animated_gif,
+    "animated_webp": functools.partial(multi_frame, "WEBP"),
+    "animated_png": functools.partial(multi_frame, "PNG"),
+    "multi_page_tiff": functools.partial(multi_frame, "TIFF"),
+    "multi_picture_jpeg": functools.partial(multi_frame, "JPEG"),
 }
 
 MEGABYTES_OF_TEXT = "a dog " * 350_000            # 2.1 million characters
@@ -134,6 +195,42 @@ INVALID_TEXTS = {
                           "'premise' is 2,100,000 characters long"),
     "invalid_utf8_hypothesis": (b"a \xff\xfe dog", None, "'hypothesis' is not valid UTF-8"),
     "invalid_utf8_premise": (b"a dog", b"\xc3\x28", "'premise' is not valid UTF-8"),
+}
+
+
+# Requests that break the ensemble's contract, each made from a valid image's bytes: refused
+# by Triton itself, before any model runs (the messages are Triton's).
+MALFORMED_REQUESTS = {
+    "missing_hypothesis": (lambda image: {"image": bytes_tensor(image)},
+                           "missing required input(s) ['hypothesis']"),
+    "missing_image": (lambda image: {"hypothesis": bytes_tensor(b"a dog")},
+                      "missing required input(s) ['image']"),
+    "unknown_input": (lambda image: {"image": bytes_tensor(image),
+                                     "hypothesis": bytes_tensor(b"a dog"),
+                                     "colour": bytes_tensor(b"red")},
+                      "unexpected inference input 'colour'"),
+    "image_as_int32": (lambda image: {"image": np.zeros((1, 1), np.int32),
+                                      "hypothesis": bytes_tensor(b"a dog")},
+                       "'image' data-type is 'INT32', but model 'ofa_visual_entailment' "
+                       "expects 'BYTES'"),
+    "decoded_pixels_as_image": (lambda image: {"image": np.zeros((1, 64, 64, 3), np.uint8),
+                                               "hypothesis": bytes_tensor(b"a dog")},
+                                "'image' data-type is 'UINT8'"),
+    "hypothesis_as_fp32": (lambda image: {"image": bytes_tensor(image),
+                                          "hypothesis": np.zeros((1, 1), np.float32)},
+                           "'hypothesis' data-type is 'FP32'"),
+    "image_shape_1x2": (lambda image: {"image": bytes_tensor(image, image, shape=(1, 2)),
+                                       "hypothesis": bytes_tensor(b"a dog")},
+                        "unexpected shape for input 'image'"),
+    "no_batch_dimension": (lambda image: {"image": bytes_tensor(image, shape=(1,)),
+                                          "hypothesis": bytes_tensor(b"a dog", shape=(1,))},
+                           "Expected [-1,1], got [1]"),
+    "batch_sizes_differ": (lambda image: {"image": bytes_tensor(image, image),
+                                          "hypothesis": bytes_tensor(b"a dog")},
+                           "batch size does not match other inputs"),
+    "batch_over_max_batch_size": (lambda image: {"image": bytes_tensor(*[image] * 33),
+                                                 "hypothesis": bytes_tensor(*[b"a"] * 33)},
+                                  "batch-size must be <= 32"),
 }
 
 

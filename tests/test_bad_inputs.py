@@ -10,8 +10,9 @@ import pytest
 
 from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
 from ofa_triton.tasks.visual_entailment.labels import LABELS
-from tests.bad_inputs import (INVALID_IMAGES, INVALID_TEXTS, PROTOCOLS, VALID_EDGE_IMAGES,
-                              bytes_tensor, first_frame_gif, infer, photo, refusal,
+from tests.bad_inputs import (INVALID_IMAGES, INVALID_TEXTS, MALFORMED_REQUESTS,
+                              MULTI_FRAME_FORMATS, PROTOCOLS, VALID_EDGE_IMAGES, bytes_tensor,
+                              first_frame_gif, frame_alone, infer, multi_frame, photo, refusal,
                               stub_trouble)
 
 PROBABILITY_TOLERANCE = 1e-4
@@ -50,41 +51,6 @@ def test_invalid_texts_are_refused(triton_server, log_mark, name, protocol):
     assert fragment in refusal(triton_server, protocol, inputs)
 
 
-# Refused by Triton itself, before any model runs (the messages are Triton's).
-MALFORMED_REQUESTS = {
-    "missing_hypothesis": (lambda image: {"image": bytes_tensor(image)},
-                           "missing required input(s) ['hypothesis']"),
-    "missing_image": (lambda image: {"hypothesis": bytes_tensor(b"a dog")},
-                      "missing required input(s) ['image']"),
-    "unknown_input": (lambda image: {"image": bytes_tensor(image),
-                                     "hypothesis": bytes_tensor(b"a dog"),
-                                     "colour": bytes_tensor(b"red")},
-                      "unexpected inference input 'colour'"),
-    "image_as_int32": (lambda image: {"image": np.zeros((1, 1), np.int32),
-                                      "hypothesis": bytes_tensor(b"a dog")},
-                       "'image' data-type is 'INT32', but model 'ofa_visual_entailment' "
-                       "expects 'BYTES'"),
-    "decoded_pixels_as_image": (lambda image: {"image": np.zeros((1, 64, 64, 3), np.uint8),
-                                               "hypothesis": bytes_tensor(b"a dog")},
-                                "'image' data-type is 'UINT8'"),
-    "hypothesis_as_fp32": (lambda image: {"image": bytes_tensor(image),
-                                          "hypothesis": np.zeros((1, 1), np.float32)},
-                           "'hypothesis' data-type is 'FP32'"),
-    "image_shape_1x2": (lambda image: {"image": bytes_tensor(image, image, shape=(1, 2)),
-                                       "hypothesis": bytes_tensor(b"a dog")},
-                        "unexpected shape for input 'image'"),
-    "no_batch_dimension": (lambda image: {"image": bytes_tensor(image, shape=(1,)),
-                                          "hypothesis": bytes_tensor(b"a dog", shape=(1,))},
-                           "Expected [-1,1], got [1]"),
-    "batch_sizes_differ": (lambda image: {"image": bytes_tensor(image, image),
-                                          "hypothesis": bytes_tensor(b"a dog")},
-                           "batch size does not match other inputs"),
-    "batch_over_max_batch_size": (lambda image: {"image": bytes_tensor(*[image] * 33),
-                                                 "hypothesis": bytes_tensor(*[b"a"] * 33)},
-                                  "batch-size must be <= 32"),
-}
-
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", sorted(MALFORMED_REQUESTS))
 def test_malformed_requests_are_refused(triton_server, log_mark, name, protocol):
@@ -115,7 +81,8 @@ def in_process(exported_repositories):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_valid_edge_cases_get_the_in_process_answer(triton_server, log_mark, in_process,
                                                    protocol, exported_repositories):
-    """16-bit PNG, 1x1, 1000:1 and 1:1000 aspect ratios, an animated GIF."""
+    """16-bit PNG, 1x1, 1000:1 and 1:1000 aspect ratios, a multi-frame file of each format
+    that has one."""
     from ofa_triton.tasks.visual_entailment.labels import ANSWER_TO_LABEL
     from ofa_triton.settings import ServingSettings
 
@@ -132,13 +99,14 @@ def test_valid_edge_cases_get_the_in_process_answer(triton_server, log_mark, in_
                 <= PROBABILITY_TOLERANCE, name
 
 
-def test_an_animated_gif_is_answered_with_its_first_frame(triton_server, log_mark):
-    from tests.bad_inputs import animated_gif
-
+@pytest.mark.parametrize("fmt", MULTI_FRAME_FORMATS)
+def test_a_multi_frame_file_is_answered_with_its_first_frame(triton_server, log_mark, fmt):
+    """Animated GIF, WebP and PNG, multi-page TIFF, multi-picture JPEG (the pixels themselves
+    are compared in test_text_and_image.py)."""
     client = VisualEntailmentClient(triton_server.grpc_url, "grpc")
-    animated = client.predict(animated_gif(), "a photo")
-    assert animated == client.predict(first_frame_gif(), "a photo")
-    assert animated != client.predict(_jpeg(), "a photo")      # (the image matters)
+    answer = client.predict(multi_frame(fmt), "a photo")
+    assert answer == client.predict(frame_alone(fmt, 0), "a photo")
+    assert answer != client.predict(frame_alone(fmt, 1), "a photo")   # (the frame matters)
 
 
 def test_limits_set_at_export_apply_on_the_server(tiny_checkpoint, tmp_path):

@@ -315,3 +315,79 @@ def test_grafana_is_provisioned_with_the_dashboard_and_prometheus():
                for folder in dashboard_dirs)
     home = environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert host_path(grafana, home).resolve() == DASHBOARD.resolve()
+
+
+def test_bad_input_never_counts_as_a_backend_failure(metrics_server):
+    """The premise of the BACKEND-failure alert (docs/faults.md, "Detect it"): every kind of
+    bad input in tests/bad_inputs.py (invalid images and texts, requests that break the
+    ensemble's contract), over HTTP and gRPC and interleaved with valid requests so that the
+    dynamic batches mix them, leaves nv_inference_request_failure{reason="BACKEND"} of every
+    step at exactly 0. Only a broken stub moves it (test_faults.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from tests.bad_inputs import (INVALID_IMAGES, INVALID_TEXTS, MALFORMED_REQUESTS, PROTOCOLS,
+                                  bytes_tensor, infer, refusal)
+
+    image = SAMPLE_IMAGE.read_bytes()
+    refused_by_a_step, refused_by_triton, valid = [], [], []
+    for protocol in PROTOCOLS:
+        for make, fragment in INVALID_IMAGES.values():
+            refused_by_a_step.append((protocol, {"image": bytes_tensor(make()),
+                                                 "hypothesis": bytes_tensor(b"a dog")}, fragment))
+        for hypothesis, premise, fragment in INVALID_TEXTS.values():
+            inputs = {"image": bytes_tensor(image), "hypothesis": bytes_tensor(hypothesis)}
+            if premise is not None:
+                inputs["premise"] = bytes_tensor(premise)
+            refused_by_a_step.append((protocol, inputs, fragment))
+        for make, fragment in MALFORMED_REQUESTS.values():
+            refused_by_triton.append((protocol, make(image), fragment))
+        valid += [(protocol, {"image": bytes_tensor(image),
+                              "hypothesis": bytes_tensor(f"a street {i}".encode())}, None)
+                  for i in range(8)]
+    jobs = refused_by_a_step + refused_by_triton + valid
+    jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
+
+    def send(job):
+        protocol, inputs, fragment = job
+        if fragment is None:
+            return infer(metrics_server, protocol, inputs).as_numpy("label") is not None
+        return fragment in refusal(metrics_server, protocol, inputs)
+
+    before = scrape(metrics_server)
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(send, jobs))
+    # The ensemble counts each request a step refused twice (see the test above); wait until
+    # it has counted them all and two scrapes in a row agree.
+    expected_ensemble_failures = total(before, "nv_inference_request_failure", model=ENSEMBLE) \
+        + 2 * len(refused_by_a_step)
+    deadline, previous = time.monotonic() + 10, None
+    while True:
+        after = scrape(metrics_server)
+        counters = [s for s in after if s[0].startswith("nv_inference_") and "summary" not in s[0]]
+        if (total(after, "nv_inference_request_failure", model=ENSEMBLE)
+                >= expected_ensemble_failures and counters == previous) \
+                or time.monotonic() > deadline:
+            break
+        previous = counters
+        time.sleep(0.5)
+
+    def change(name: str, **labels) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    for step in STEPS:
+        backend = [value for name, labels, value in after
+                   if name == "nv_inference_request_failure" and labels.get("model") == step
+                   and labels.get("reason") == "BACKEND"]
+        assert backend == [0.0], (step, backend)      # exported, and exactly 0
+        assert change("nv_inference_request_failure", model=step, reason="BACKEND") == 0
+        # No other reason either: a step's error response counts as a success.
+        assert change("nv_inference_request_failure", model=step) == 0, step
+    assert change("nv_inference_request_success", model="ofa_preprocess") \
+        == len(valid) + len(refused_by_a_step)
+    # At the ensemble: 2 OTHER per request a step refused, and the requests that Triton
+    # refused before any model ran are counted nowhere, neither as failures nor successes.
+    assert change("nv_inference_request_failure", model=ENSEMBLE, reason="OTHER") \
+        == change("nv_inference_request_failure", model=ENSEMBLE) == 2 * len(refused_by_a_step)
+    assert change("nv_inference_request_success", model=ENSEMBLE) == len(valid)

@@ -1,9 +1,15 @@
 """``--precision int8``: the CPU graph with int8 convolutions (ofa_triton.quantization).
 
-Tolerance (stated here, asserted below): answer probabilities within 0.05 of ModelScope's,
-for the graph in one padded batch and served over HTTP and gRPC; labels identical wherever
-ModelScope's two best answers are more than 0.1 apart. Measured when this was written: at most
-0.006 (tiny checkpoint, 56 cases) and 0.0023 (variant, 16 cases), no label changed.
+Tolerance (stated here, asserted below): answer probabilities within 0.02 of ModelScope's, on
+both golden checkpoints (tiny, 56 cases; variant, 16 cases), for the graph in one padded batch
+and served over HTTP and gRPC; labels identical wherever ModelScope's two best answers are more
+than 0.04 apart. Measured (onnxruntime's CPU provider on a 2-core AVX512-VNNI machine): at most
+0.0061 (tiny, case24) and 0.0023 (variant, case00), the same for the batch and for each case
+alone; no label changed, and the closest pair of answers (0.0078 tiny, 0.0053 variant) kept its
+order. The results are deterministic (fixed calibration images, MinMax), so the margin (3.3x) is
+for other CPUs: onnxruntime runs int8 convolutions with other kernels without VNNI, where
+products of uint8 activations and int8 weights can saturate. Measure again and restate these
+figures if it fails there.
 """
 
 from __future__ import annotations
@@ -21,14 +27,27 @@ from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPre
 from ofa_triton.triton_config import ServingOptions
 from tests.conftest import assert_answers_match_goldens, start_triton
 
-INT8_PROBABILITY_TOLERANCE = 0.05
+INT8_PROBABILITY_TOLERANCE = 0.02
 
 
 @pytest.fixture(scope="module")
-def int8_repository(tiny_checkpoint, tmp_path_factory):
-    repository = tmp_path_factory.mktemp("int8") / "repository"
-    export_repository(tiny_checkpoint, repository, precision="int8", progress=lambda _: None)
+def int8_repositories(checkpoint_dirs, tmp_path_factory):
+    """Each golden checkpoint exported with --precision int8, on first use."""
+    exported = {}
+
+    def repository(name: str):
+        if name not in exported:
+            exported[name] = tmp_path_factory.mktemp(f"int8-{name}") / "repository"
+            export_repository(checkpoint_dirs[name], exported[name], precision="int8",
+                              progress=lambda _: None)
+        return exported[name]
+
     return repository
+
+
+@pytest.fixture(scope="module")
+def int8_repository(int8_repositories):
+    return int8_repositories("tiny")
 
 
 def test_every_convolution_and_nothing_else_is_quantized(int8_repository):
@@ -55,11 +74,12 @@ def test_the_manifest_says_how_it_was_quantized(int8_repository):
         "calibration_images": 16, "calibration": "16 generated photo-like images"}
 
 
-def test_int8_graph_stays_within_its_tolerance_of_modelscope(int8_repository, goldens_by_name,
-                                                             golden_images):
+def test_int8_graph_stays_within_its_tolerance_of_modelscope(int8_repositories, golden_name,
+                                                             goldens_by_name, golden_images):
     import onnxruntime as ort
 
-    goldens = goldens_by_name["tiny"]
+    int8_repository = int8_repositories(golden_name)
+    goldens = goldens_by_name[golden_name]
     preprocessor = VisualEntailmentPreprocessor.from_directory(
         int8_repository / "ofa_preprocess" / "1")
     session = ort.InferenceSession(
@@ -70,7 +90,8 @@ def test_int8_graph_stays_within_its_tolerance_of_modelscope(int8_repository, go
     (scores,) = session.run(["answer_scores"], batch)
     probabilities = np.exp(scores.astype(np.float64))
     expected = np.array([case["probabilities"] for case in goldens.cases])
-    assert np.abs(probabilities - expected).max() <= INT8_PROBABILITY_TOLERANCE
+    assert np.abs(probabilities - expected).max() <= INT8_PROBABILITY_TOLERANCE, \
+        np.abs(probabilities - expected).max()
     ordered = np.sort(expected, axis=1)
     clear = ordered[:, -1] - ordered[:, -2] > 2 * INT8_PROBABILITY_TOLERANCE
     assert clear.sum() >= len(goldens.cases) // 2   # the label check below checks something
@@ -81,18 +102,20 @@ def test_int8_graph_stays_within_its_tolerance_of_modelscope(int8_repository, go
 
 
 @pytest.fixture(scope="module")
-def int8_server(int8_repository, tmp_path_factory):
-    with start_triton(int8_repository, tmp_path_factory.mktemp("int8-server")) as server:
+def int8_server(int8_repositories, golden_name, tmp_path_factory):
+    with start_triton(int8_repositories(golden_name),
+                      tmp_path_factory.mktemp(f"int8-server-{golden_name}")) as server:
         server.wait_ready()
         yield server
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_int8_repository_serves_within_its_tolerance(int8_server, goldens_by_name,
+def test_int8_repository_serves_within_its_tolerance(int8_server, golden_name, goldens_by_name,
                                                      golden_images, protocol):
     url = int8_server.http_url if protocol == "http" else int8_server.grpc_url
-    assert_answers_match_goldens(VisualEntailmentClient(url, protocol), goldens_by_name["tiny"],
-                                 golden_images, tolerance=INT8_PROBABILITY_TOLERANCE)
+    assert_answers_match_goldens(VisualEntailmentClient(url, protocol),
+                                 goldens_by_name[golden_name], golden_images,
+                                 tolerance=INT8_PROBABILITY_TOLERANCE)
 
 
 def test_int8_export_refuses_the_gpu_and_bad_calibration_images(tiny_checkpoint, tmp_path):

@@ -4,6 +4,7 @@ sampled every second."""
 
 from __future__ import annotations
 
+import benchmarks.soak as soak
 from benchmarks.soak import SoakConfig, run_soak, write_results
 
 # 75 s is mostly warm-up: glibc arenas, onnxruntime's memory arena and the per-batch-size
@@ -16,9 +17,27 @@ GROWTH_LIMIT_MB = 100
 # 80% of an optimistic measurement the queues would grow for the whole run.
 LOAD_FRACTION = 0.6
 
+# What each kind of invalid request must get: benchmarks/soak.py itself only requires a 400
+# whose error contains "image" (the first two kinds) or "UTF-8", which a wrong refusal would
+# pass too; this test holds each kind to its own message. The soak compares by substring, so
+# the whole error is given where it is fixed; a truncated JPEG's names the cut file's size and
+# how many bytes Pillow had left, which vary with the request, around the part given here.
+ENSEMBLE_REFUSAL = "[400] in ensemble 'ofa_visual_entailment', "
+EXPECTED_REFUSALS = {
+    "not_an_image": ENSEMBLE_REFUSAL + "could not decode the image: its 33 bytes are not an "
+                    "image in an accepted format (JPEG, PNG, WEBP, GIF, BMP, TIFF; "
+                    "--image-formats); it is text (send the image file's bytes, not its name "
+                    "or URL)",
+    "truncated_jpeg": " bytes): OSError: image file is truncated (",
+    "not_utf8": ENSEMBLE_REFUSAL + "'hypothesis' is not valid UTF-8 (byte 9)",
+}
+
 
 def test_short_soak_serves_every_valid_request_and_refuses_every_invalid_one(
-        exported_repositories, tmp_path):
+        exported_repositories, tmp_path, monkeypatch):
+    assert {kind.name for kind in soak.INVALID_KINDS} == set(EXPECTED_REFUSALS)
+    monkeypatch.setattr(soak, "INVALID_KINDS", tuple(
+        kind._replace(fragment=EXPECTED_REFUSALS[kind.name]) for kind in soak.INVALID_KINDS))
     config = SoakConfig(minutes=1.25, load_fraction=LOAD_FRACTION, capacity_seconds=8,
                         sample_seconds=1, progress_seconds=30, growth_limit_mb=GROWTH_LIMIT_MB)
     result = run_soak(exported_repositories["tiny"], config, tmp_path)

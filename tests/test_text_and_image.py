@@ -15,6 +15,7 @@ from ofa_triton.image import ImageDecodeError, ImageTransform, decode_image
 from ofa_triton.tasks.visual_entailment.preprocessing import VisualEntailmentPreprocessor
 from ofa_triton.tasks.visual_entailment.prompts import build_prompt
 from ofa_triton.text import OfaTextEncoder, pre_caption
+from tests import bad_inputs
 
 
 @pytest.mark.parametrize("raw, cleaned", [
@@ -120,3 +121,54 @@ def test_exif_orientation_is_applied():
 def test_undecodable_bytes_raise_a_clear_error(data):
     with pytest.raises(ImageDecodeError, match="could not decode the image|0 bytes"):
         decode_image(data)
+
+
+# --- Multi-frame and truncated files, in every accepted format ----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_preprocessor(exported_repositories):
+    return VisualEntailmentPreprocessor.from_directory(
+        exported_repositories["tiny"] / "ofa_preprocess" / "1")
+
+
+@pytest.mark.parametrize("fmt", bad_inputs.MULTI_FRAME_FORMATS)
+def test_a_multi_frame_file_is_read_as_its_first_frame(tiny_preprocessor, fmt):
+    """Animated GIF, WebP and PNG (APNG), multi-page TIFF and multi-picture JPEG (MPO): the
+    model gets exactly the pixels of the first frame saved alone, and not those of the others
+    (which differ). BMP cannot hold more than one image."""
+    data = bad_inputs.multi_frame(fmt)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.n_frames == 3 and image.format == ("MPO" if fmt == "JPEG" else fmt)
+
+    def pixels(image_bytes: bytes) -> np.ndarray:
+        return tiny_preprocessor(image_bytes, "a photo", None).patch_images
+
+    used = pixels(data)
+    assert np.array_equal(used, pixels(bad_inputs.frame_alone(fmt, 0)))
+    for index in (1, 2):
+        assert not np.allclose(used, pixels(bad_inputs.frame_alone(fmt, index)), atol=0.05)
+
+
+@pytest.mark.parametrize("fraction", [1 / 3, 2 / 3, 0.99], ids=["third", "two_thirds", "99pc"])
+@pytest.mark.parametrize("fmt", bad_inputs.FORMATS)
+def test_a_truncated_file_is_refused_in_every_format(tiny_preprocessor, fmt, fraction):
+    """Cut inside its pixel data, a file of any accepted format is refused, never decoded in
+    part; the message says what Pillow found (tests/bad_inputs.py, TRUNCATION_ERRORS)."""
+    data = bad_inputs.truncated(fmt, fraction)
+    with pytest.raises(ImageDecodeError, match=rf"^could not decode the image \({len(data):,} "
+                                               rf"bytes\): {bad_inputs.TRUNCATION_ERRORS[fmt]}"):
+        tiny_preprocessor(data, "a photo", None)
+
+
+def test_a_truncated_compressed_tiff_is_refused():
+    """libtiff writes a compressed TIFF's directory after its pixel data, so a cut file has no
+    directory left: Pillow cannot even identify it. (Pillow also warns "Corrupt EXIF data"
+    while trying.)"""
+    data = _encoded(bad_inputs.photo(), "TIFF", compression="tiff_lzw")
+    for fraction in (1 / 3, 2 / 3, 0.99):
+        cut = data[:int(len(data) * fraction)]
+        with pytest.warns(UserWarning, match="Corrupt EXIF data"), \
+                pytest.raises(ImageDecodeError, match=rf"^could not decode the image: its "
+                              rf"{len(cut):,} bytes are not an image .*; it starts like a TIFF "
+                              rf"file but is damaged or incomplete$"):
+            decode_image(cut)
