@@ -49,7 +49,7 @@ def render(results: dict, name: str) -> str:
                      f"throughput**, p99 ratio {ratios['p99_triton_over_modelscope']:.2f} "
                      f"(perf_analyzer's figure gives "
                      f"{ratios['throughput_triton_perf_analyzer_over_modelscope']:.2f}x)."
-                     + (f" With int8 convolutions (opt-in, answers within 0.05): "
+                     + (f" With int8 convolutions (opt-in, answers within 0.02): "
                         f"**{ratios['throughput_triton_int8_over_modelscope']:.2f}x**."
                         if "throughput_triton_int8_over_modelscope" in ratios else ""))
     sweep_rows = []

@@ -26,6 +26,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -65,14 +66,30 @@ def log(message: str) -> None:
 class InvalidKind(NamedTuple):
     name: str
     breaks: Callable[[dict], tuple[str, bytes]]   # request -> (input name, its bad value)
-    fragment: str                                  # what the error message must contain
+    refusal: str     # the whole error it must get (a regular expression, after the ensemble's)
 
 
+# The error of each kind, whole: a wrong refusal fails the soak too. A truncated JPEG's names
+# the cut file's size and how many bytes Pillow had left, which vary with the request.
 INVALID_KINDS = (
-    InvalidKind("not_an_image", lambda r: ("image", b"this is text, sent as image bytes"), "image"),
-    InvalidKind("truncated_jpeg", lambda r: ("image", r["image"][: len(r["image"]) // 3]), "image"),
-    InvalidKind("not_utf8", lambda r: ("hypothesis", b"two dogs \xff\xfe run"), "UTF-8"),
+    InvalidKind("not_an_image", lambda r: ("image", b"this is text, sent as image bytes"),
+                re.escape("could not decode the image: its 33 bytes are not an image in an "
+                          "accepted format (JPEG, PNG, WEBP, GIF, BMP, TIFF; --image-formats); "
+                          "it is text (send the image file's bytes, not its name or URL)")),
+    InvalidKind("truncated_jpeg", lambda r: ("image", r["image"][: len(r["image"]) // 3]),
+                r"could not decode the image \([\d,]+ bytes\): OSError: image file is "
+                r"truncated \(\d+ bytes not processed\)"),
+    InvalidKind("not_utf8", lambda r: ("hypothesis", b"two dogs \xff\xfe run"),
+                re.escape("'hypothesis' is not valid UTF-8 (byte 9)")),
 )
+
+
+def is_refused_as(kind: InvalidKind, error: Exception | None, ensemble: str) -> bool:
+    """An HTTP 400 with exactly ``kind``'s error, as the ensemble reports it."""
+    if error is None or str(getattr(error, "status", lambda: None)()) != "400":
+        return False
+    return re.fullmatch(rf"\[400\] in ensemble '{re.escape(ensemble)}', {kind.refusal}",
+                        str(error)) is not None
 
 
 def is_invalid(index: int, fraction: float) -> bool:
@@ -206,7 +223,7 @@ async def drive(url: str, requests: list[dict], rate: float, seconds: float, con
                     f"{type(error).__name__}: {error}"[:500]
         else:
             status = str(error.status()) if hasattr(error, "status") else None
-            if status == "400" and kind.fragment in str(error):
+            if is_refused_as(kind, error, ENSEMBLE_MODEL):
                 tally.invalid_refused += 1
             else:
                 tally.invalid_unexpected += 1

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights' precision (default: fp32 for cpu, fp16 for gpu); bf16: "
                         "torch runtime only; int8: onnxruntime on the CPU only: "
                         "convolutions in int8 for the CPU (opt-in): the encoder-decoder about 1.6x "
-                        "faster, answers within 0.05 in probability (BENCHMARKS.md)")
+                        "faster, answers within 0.02 in probability (BENCHMARKS.md)")
     export.add_argument("--calibration-images", type=Path, default=None, metavar="DIR",
                         help="with --precision int8: a directory of typical request images to "
                         "calibrate on (default: 16 generated photo-like images)")
