@@ -9,7 +9,7 @@ REPOSITORY := $(WORK)/model_repository
 
 REF_STAMP := .venv-ref/.installed
 
-.PHONY: setup test serve bench bench-gpu soak goldens reference-env device-kit model-analyzer clean
+.PHONY: setup test serve bench bench-gpu soak chaos goldens reference-env device-kit model-analyzer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench-gpu: $(STAMP) $(REF_STAMP)
 # 50 MB over the second half. Writes benchmarks/results/soak.json and soak_memory.csv.
 soak: $(STAMP)
 	$(PY) -m benchmarks.soak --minutes $(or $(MINUTES),30)
+
+# Chaos: a fresh tiny export under steady load at concurrency 8 with explicit model control and
+# the watchdog; a random stub (each step's in turn) killed every few seconds for a minute.
+# Failed requests per kill, time to recovery, failures after recovery:
+# benchmarks/results/chaos.json (docs/watchdog.md).
+chaos: $(STAMP)
+	$(PY) -m benchmarks.chaos --seconds $(or $(CHAOS_SECONDS),60)
 
 # .device-kit/ (at most 56 MiB): what a GPU machine without a package registry lacks to serve
 # and measure the project there: tritonserver with its Python backend and libraries,

@@ -152,7 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
     return run_foreground(ServerOptions(
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
-        model_control=args.model_control, admin_key=_admin_key(args)))
+        model_control=args.model_control, admin_key=_admin_key(args)),
+        watchdog=not args.no_watchdog)
 
 
 def _admin_key(args: argparse.Namespace) -> str | None:
@@ -390,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "model-config, shared-memory, trace and logging APIs then need the header "
                        "'admin-key: <key>' (inference, health, metadata and statistics stay "
                        "open)")
+    serve.add_argument("--no-watchdog", action="store_true",
+                       help="do not replace dead or failing Python stubs (by default the "
+                       "watchdog reloads the model in place with --model-control explicit, or "
+                       "restarts the server; docs/watchdog.md)")
     serve.set_defaults(handler=_serve)
 
     for name, handler, summary in (

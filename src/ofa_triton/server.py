@@ -266,31 +266,36 @@ class TritonServer:
         shutil.rmtree(self._workdir / "backends", ignore_errors=True)
 
 
-def run_foreground(options: ServerOptions) -> int:
+def run_foreground(options: ServerOptions, watchdog: bool = True) -> int:
     """``ofa-triton serve``: tritonserver in the foreground, its log on this terminal. Ctrl-C
-    (or SIGTERM) stops it cleanly."""
+    (or SIGTERM) stops it cleanly. With ``watchdog`` (the default; ``--no-watchdog``) a dead
+    or failing Python stub is replaced: its model reloaded in place with explicit model
+    control, the server restarted without (ofa_triton.watchdog, docs/watchdog.md)."""
+    from .watchdog import ForegroundServer
+
     workdir = Path(tempfile.mkdtemp(prefix="ofa-triton-server-"))
     argv, env = server_command(options, workdir)
     print(f"starting {argv[0]} (HTTP :{options.http_port}, gRPC :{options.grpc_port}, "
           f"metrics :{options.metrics_port}, model control {options.model_control}, admin API "
-          f"{'restricted by key' if options.admin_key else 'open'}); Ctrl-C stops it", flush=True)
-    process = subprocess.Popen(argv, env=env)
+          f"{'restricted by key' if options.admin_key else 'open'}, watchdog "
+          f"{'on' if watchdog else 'off'}); Ctrl-C stops it", flush=True)
+    server = ForegroundServer(options, argv, env, watchdog=watchdog).start()
 
     def forward(signum, _frame):
-        process.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
+        server.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
         while True:
             try:
-                return process.wait()
+                return server.wait()
             except KeyboardInterrupt:
                 # The terminal's SIGINT reached tritonserver too; wait for its clean exit.
+                server.stop_watchdog()
                 continue
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if process.poll() is not None:
-            kill_leftover_stubs(process.pid)
+        server.close()    # the watchdog, and the stubs left by every server it started
         shutil.rmtree(workdir, ignore_errors=True)
 
 
