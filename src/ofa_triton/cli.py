@@ -171,14 +171,15 @@ def _deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy
 
     deploy(args.repository, args.version, model=args.model, url=args.url,
-           admin_key=_admin_key(args))
+           admin_key=_admin_key(args), preflight=args.preflight)
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from .deploy import rollback
 
-    rollback(args.repository, model=args.model, url=args.url, admin_key=_admin_key(args))
+    rollback(args.repository, model=args.model, url=args.url, admin_key=_admin_key(args),
+             preflight=args.preflight)
     return 0
 
 
@@ -417,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{ENSEMBLE_MODEL})")
         command.add_argument("--admin-key-env", metavar="VARIABLE",
                              help="environment variable holding the server's admin key")
+        command.add_argument("--no-preflight", dest="preflight", action="store_false",
+                             help="skip the pre-flight (loading and warming up the version in a "
+                             "throwaway tritonserver before the live server or the files "
+                             "change); for a host that cannot load it (no GPU, other packages "
+                             "than the server's)")
         command.set_defaults(handler=handler)
 
     verify = commands.add_parser("verify", help="check an exported repository against its "
