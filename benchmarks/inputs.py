@@ -10,7 +10,7 @@ benchmarks use the same requests two ways:
 
 from __future__ import annotations
 
-from ofa_triton.perf import (QUESTIONS, REGIONS, TEXTS, build_requests,
-                             write_perf_analyzer_inputs)
+from ofa_triton.perf_inputs import (QUESTIONS, REGIONS, TEXTS, build_requests,
+                                    write_perf_analyzer_inputs)
 
 __all__ = ["QUESTIONS", "REGIONS", "TEXTS", "build_requests", "write_perf_analyzer_inputs"]

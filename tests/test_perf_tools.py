@@ -1,5 +1,5 @@
 """perf_analyzer for users (``ofa-triton perf-inputs`` and ``ofa-triton perf``, over
-``ofa_triton.perf``): the --input-data JSON from a user's own images and texts, the clear
+``ofa_triton.perf`` and ``perf_inputs``): the --input-data JSON from a user's own images and texts, the clear
 errors, the argument pass-through, the libraries perf_analyzer needs, and one real run of the
 bundled perf_analyzer through the CLI against a real tritonserver."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ofa_triton import cli, perf
+from ofa_triton import cli, perf, perf_inputs
 from ofa_triton.synthetic import photo_like
 from ofa_triton.tasks import TASKS, task_named
 from ofa_triton.triton_config import ServingOptions
@@ -65,7 +65,7 @@ def read_inputs(path: Path) -> list[dict[str, bytes]]:
 
 
 def test_the_public_models_inputs_come_from_their_config_templates():
-    inputs = {task.public_model: [(item.name, item.optional) for item in perf.model_inputs(task)]
+    inputs = {task.public_model: [(item.name, item.optional) for item in perf_inputs.model_inputs(task)]
               for task in TASKS.values()}
     assert inputs == {
         "ofa_visual_entailment": [("image", False), ("hypothesis", False), ("premise", True)],
@@ -73,9 +73,9 @@ def test_the_public_models_inputs_come_from_their_config_templates():
         "ofa_visual_question_answering": [("image", False), ("question", False)],
         "ofa_visual_grounding": [("image", False), ("text", False)]}
     # An export's --name-prefix is understood.
-    assert perf.task_of_model("large_ofa_visual_grounding") is task_named("visual-grounding")
-    with pytest.raises(perf.PerfInputsError, match="none of the public models"):
-        perf.task_of_model("ofa_preprocess")
+    assert perf_inputs.task_of_model("large_ofa_visual_grounding") is task_named("visual-grounding")
+    with pytest.raises(perf_inputs.PerfInputsError, match="none of the public models"):
+        perf_inputs.task_of_model("ofa_preprocess")
 
 
 def test_users_images_and_texts(tmp_path):
@@ -83,7 +83,7 @@ def test_users_images_and_texts(tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("a dog runs on the grass\n\n  \nthe sky is blue\tan outdoor scene\n",
                      "utf-8")
-    summary = perf.write_model_inputs(tmp_path / "inputs.json", ENTAILMENT,
+    summary = perf_inputs.write_model_inputs(tmp_path / "inputs.json", ENTAILMENT,
                                       images=tmp_path / "images", texts=texts)
     assert summary.requests == 4 and summary.inputs == ("image", "hypothesis", "premise")
     entries = read_inputs(summary.path)
@@ -96,11 +96,11 @@ def test_users_images_and_texts(tmp_path):
 @pytest.mark.parametrize("task_name", sorted(TASKS))
 def test_generated_images_and_builtin_texts_for_every_task(tmp_path, task_name):
     task = task_named(task_name)
-    summary = perf.write_model_inputs(tmp_path / "inputs.json", task, count=2)
+    summary = perf_inputs.write_model_inputs(tmp_path / "inputs.json", task, count=2)
     entries = read_inputs(summary.path)
     assert len(entries) == 2
     for entry in entries:
-        assert list(entry) == [item.name for item in perf.model_inputs(task)]
+        assert list(entry) == [item.name for item in perf_inputs.model_inputs(task)]
         with Image.open(io.BytesIO(entry["image"])) as image:
             assert image.format == "JPEG" and image.size in ((640, 480), (1280, 960))
         for name, value in entry.items():
@@ -113,13 +113,13 @@ def test_the_benchmarks_use_the_same_implementation(tmp_path):
     from benchmarks import inputs as bench_inputs
     from benchmarks import perf as bench_perf
 
-    assert bench_inputs.build_requests is perf.build_requests
-    assert bench_inputs.write_perf_analyzer_inputs is perf.write_perf_analyzer_inputs
+    assert bench_inputs.build_requests is perf_inputs.build_requests
+    assert bench_inputs.write_perf_analyzer_inputs is perf_inputs.write_perf_analyzer_inputs
     assert bench_perf.perf_analyzer_binary is perf.perf_analyzer_binary
     assert bench_perf.VENDORED is perf.VENDORED
-    requests = perf.build_requests(count=2)
+    requests = perf_inputs.build_requests(count=2)
     assert set(requests[0]) == {"image", "hypothesis", "premise", "question", "text"}
-    path = perf.write_perf_analyzer_inputs(requests, tmp_path / "bench.json")
+    path = perf_inputs.write_perf_analyzer_inputs(requests, tmp_path / "bench.json")
     entries = read_inputs(path)
     assert list(entries[0]) == ["image", "hypothesis", "premise"]
     assert entries[0]["hypothesis"] == requests[0]["hypothesis"].encode()
@@ -128,45 +128,45 @@ def test_the_benchmarks_use_the_same_implementation(tmp_path):
 def test_clear_errors(tmp_path):
     images = tmp_path / "images"
     write_images(images, count=1)
-    write = lambda **kwargs: perf.write_model_inputs(tmp_path / "out.json",  # noqa: E731
+    write = lambda **kwargs: perf_inputs.write_model_inputs(tmp_path / "out.json",  # noqa: E731
                                                      kwargs.pop("task", ENTAILMENT), **kwargs)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("no images here")
-    with pytest.raises(perf.PerfInputsError, match="no images in that folder"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="no images in that folder"):
         write(images=tmp_path / "empty")
-    with pytest.raises(perf.PerfInputsError, match="no such folder"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="no such folder"):
         write(images=tmp_path / "missing")
 
     broken = tmp_path / "broken"
     write_images(broken, count=1)
     (broken / "photo0.jpg").write_bytes((broken / "photo0.jpg").read_bytes()[:600])  # truncated
-    with pytest.raises(perf.PerfInputsError, match="photo0.jpg would be refused by the server"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="photo0.jpg would be refused by the server"):
         write(images=broken)
     (broken / "photo0.jpg").write_bytes(b"%PDF-1.4 not a photo")
-    with pytest.raises(perf.PerfInputsError, match="photo0.jpg .*it is a PDF document"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="photo0.jpg .*it is a PDF document"):
         write(images=broken)
 
     texts = tmp_path / "texts.txt"
     texts.write_bytes(b"caf\xe9\n")
-    with pytest.raises(perf.PerfInputsError, match="not UTF-8"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="not UTF-8"):
         write(images=images, texts=texts)
     texts.write_text("\n   \n")
-    with pytest.raises(perf.PerfInputsError, match="no texts in it"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="no texts in it"):
         write(images=images, texts=texts)
     texts.write_text("ok\n\tonly a premise\n")
-    with pytest.raises(perf.PerfInputsError, match="line 2: the hypothesis is empty"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="line 2: the hypothesis is empty"):
         write(images=images, texts=texts)
     texts.write_text("what is it?\tmore\n")
-    with pytest.raises(perf.PerfInputsError, match="line 1: 2 tab-separated texts, but "
+    with pytest.raises(perf_inputs.PerfInputsError, match="line 1: 2 tab-separated texts, but "
                        "ofa_visual_question_answering takes 1 per line \\(question\\)"):
         write(images=images, texts=texts, task=task_named("visual-question-answering"))
     texts.write_text("x" * 5000 + "\n")
-    with pytest.raises(perf.PerfInputsError, match="5,000 characters"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="5,000 characters"):
         write(images=images, texts=texts)
     texts.write_text("a caption needs no text\n")
-    with pytest.raises(perf.PerfInputsError, match="takes no text"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="takes no text"):
         write(images=images, texts=texts, task=task_named("image-captioning"))
-    with pytest.raises(perf.PerfInputsError, match="--count"):
+    with pytest.raises(perf_inputs.PerfInputsError, match="--count"):
         write(count=0)
 
 
@@ -177,7 +177,7 @@ def test_perf_inputs_command(tmp_path, capsys):
                      "visual-question-answering", "--output", str(output)]) == 0
     assert "wrote 3 request(s) for ofa_visual_question_answering" in capsys.readouterr().out
     assert [entry["question"] for entry in read_inputs(output)] == [
-        text.encode() for text in perf.QUESTIONS[:3]]
+        text.encode() for text in perf_inputs.QUESTIONS[:3]]
     # Errors are one line and exit code 2.
     assert cli.main(["perf-inputs", "--images", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == (f"ofa-triton perf-inputs: error: --images "
@@ -216,7 +216,7 @@ def test_perf_defaults_and_generated_inputs(fake_perf_analyzer):
     assert argv[0] == str(perf.perf_analyzer_binary())
     assert argv[1:7] == ["-m", "ofa_visual_entailment", "-u", "localhost:8001", "-i", "grpc"]
     assert argv[9:] == ["--concurrency-range", "1:4", "-p", "2000"]
-    assert len(call["inputs"]) == perf.DEFAULT_COUNT
+    assert len(call["inputs"]) == perf_inputs.DEFAULT_COUNT
     assert list(call["inputs"][0]) == ["image", "hypothesis", "premise"]
     assert call["libraries"] == {"libb64.so.0d": True, "libcudart.so.12": True}
 

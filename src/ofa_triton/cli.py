@@ -13,7 +13,7 @@ from .deploy import DeployError
 from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
 from .export import PRECISIONS
 from .onnx_export import ExportValidationError
-from .perf import DEFAULT_COUNT, DEFAULT_SEED
+from .perf_inputs import DEFAULT_COUNT, DEFAULT_SEED
 from .runtime import RUNTIMES, TORCH_COMPILE_MODES
 from .tasks import TASKS, UnknownTaskError
 from .server import ServerOptions
@@ -61,7 +61,7 @@ SERVER_DEFAULTS = _defaults(ServerOptions)
 
 
 def _perf_inputs(args: argparse.Namespace) -> int:
-    from .perf import resolve_task, write_model_inputs
+    from .perf_inputs import resolve_task, write_model_inputs
 
     task = resolve_task(args.model, args.task)
     summary = write_model_inputs(args.output, task, images=args.images, texts=args.texts,
@@ -94,8 +94,8 @@ def _perf(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from .perf import (perf_analyzer_binary, perf_analyzer_environment, task_of_model,
-                       write_model_inputs)
+    from .perf import perf_analyzer_binary, perf_analyzer_environment
+    from .perf_inputs import task_of_model, write_model_inputs
 
     binary = perf_analyzer_binary()
     model = args.model or ENSEMBLE_MODEL

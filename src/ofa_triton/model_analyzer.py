@@ -31,7 +31,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .perf import perf_analyzer_binary, perf_analyzer_environment, resolve_task, write_model_inputs
+from .perf import perf_analyzer_binary, perf_analyzer_environment
+from .perf_inputs import resolve_task, write_model_inputs
 from .server import ServerOptions, server_command
 
 MODEL_ANALYZER_VERSION = "1.46.0"   # the 24.11 release; pip offers no 1.45 (24.10)
