@@ -35,13 +35,14 @@ import os
 import random
 import re
 import secrets
-import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.soak import prepare_repository   # a fresh tiny export, as the soak's
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -281,20 +282,6 @@ def run_chaos(repository: Path, config: ChaosConfig, work: Path) -> dict:
             "repairs": [{"model": r.model, "action": r.action, "ok": r.ok,
                          "detected_at_s": round(r.detected_at - start, 3),
                          "seconds": round(r.seconds, 3), "line": r.line} for r in repairs]}
-
-
-def prepare_repository(work: Path) -> Path:
-    """A fresh export of the generated tiny checkpoint (so that the models' code is current)."""
-    from ofa_triton.export import export_repository
-    from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint
-
-    checkpoint = work / "checkpoint"
-    if not (checkpoint / "pytorch_model.bin").is_file():
-        generate_tiny_checkpoint(checkpoint)
-    repository = work / "repository"
-    shutil.rmtree(repository, ignore_errors=True)
-    export_repository(checkpoint, repository, progress=lambda m: log("  " + m.strip()))
-    return repository
 
 
 def write_results(result: dict, out: Path) -> Path:
