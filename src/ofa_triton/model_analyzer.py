@@ -26,7 +26,6 @@ apply a winning configuration by re-exporting with the flags it corresponds to.
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 from pathlib import Path
@@ -48,15 +47,16 @@ class ModelAnalyzerError(ValueError):
 
 
 def composing_models(repository: Path, ensemble: str) -> list[str]:
-    """The steps of ``ensemble`` (its config's ensemble_scheduling model_name entries)."""
-    config = repository / ensemble / "config.pbtxt"
-    if not config.is_file():
+    """The steps of ``ensemble`` (``triton_config.ensemble_steps``), or an error naming the
+    ensembles ``repository`` has."""
+    from .triton_config import ensemble_steps
+
+    if not (repository / ensemble / "config.pbtxt").is_file():
         served = sorted(p.parent.name for p in repository.glob("*/config.pbtxt")
                         if "ensemble_scheduling" in p.read_text())
         raise ModelAnalyzerError(f"{repository} has no ensemble {ensemble!r}; it has "
                                  f"{', '.join(served) or 'none'}")
-    steps = re.findall(r'model_name:\s*"([^"]+)"', config.read_text())
-    return list(dict.fromkeys(steps))
+    return list(dict.fromkeys(ensemble_steps(repository, ensemble)))
 
 
 def _script(path: Path, lines: list[str]) -> Path:
