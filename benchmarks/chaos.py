@@ -4,8 +4,8 @@
     python -m benchmarks.chaos --seconds 60 --method unload-load    # the other repair
 
 1. generate and export the tiny checkpoint into work/chaos/ (or serve --repository as it is);
-2. start tritonserver with explicit model control and an admin key, and the watchdog
-   (ofa_triton.watchdog) beside it;
+2. start tritonserver with explicit model control and an admin key, the watchdog
+   (ofa_triton.watchdog) and the service's health endpoint beside it;
 3. closed-loop load at concurrency 8 (benchmarks.loadgen's TritonTarget, every request
    recorded: when sent, when answered, the error if any);
 4. every --interval seconds SIGKILL a random stub of the next step in turn (ofa_preprocess,
@@ -13,14 +13,16 @@
    so that each kill is measured on its own; none comes in the last --tail seconds.
 
 Per kill: the detection time (kill to the watchdog noticing), the repair's own duration, the
-recovery time (kill to the model and its ensemble ready again on new stubs), the first
-success (completion of the first request sent after the kill that succeeded: the step
+recovery time (kill to the model and its ensemble ready again on new stubs), the
+service's readiness (``ofa-triton serve``'s /ready, ofa_triton.service_health, probed every
+50 ms: when it said 503 after the kill, when 200 again), the first success (completion of the first request sent after the kill that succeeded: the step
 answers again; for ofa_preprocess the other instance answers at once), the failed requests
 (attributed by the instance their error names, else to the latest kill), and the failures
 of requests sent after the recovery, which must be none.
 
 Criteria (exit status 1 when one fails): every kill is repaired, no request sent after its
-kill's recovery fails, no request fails before the first kill. Writes
+kill's recovery fails, no request fails before the first kill, /ready says 503 after every
+repaired kill and never 200 between a detection and the end of its repair. Writes
 benchmarks/results/chaos.json (with the commit measured, "-dirty" when tracked files
 differed from it) and prints a summary.
 """
@@ -37,7 +39,9 @@ import re
 import secrets
 import signal
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +87,44 @@ class Kill:
     instance: str
     pid: int
     at: float
+
+
+class ReadinessProbe:
+    """GET a readiness URL every 50 ms from a thread: (sent, answered, ready) samples in
+    time.monotonic() (also the tests' probe)."""
+
+    def __init__(self, url: str, period_s: float = 0.05):
+        self.url, self.period_s = url, period_s
+        self.samples: list[tuple[float, float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="readiness-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            sent = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    ready = response.status == 200
+            except OSError:   # 503 (HTTPError) or no answer
+                ready = False
+            self.samples.append((sent, time.monotonic(), ready))
+
+    def __enter__(self) -> "ReadinessProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def between(self, start: float, end: float) -> list[bool]:
+        """The answers to the probes sent at or after ``start`` and answered by ``end``."""
+        return [ready for sent, done, ready in self.samples if start <= sent and done <= end]
+
+    def first(self, ready: bool, after: float) -> float | None:
+        """When the first probe sent at or after ``after`` that answered ``ready`` was sent."""
+        return min((sent for sent, _, answer in self.samples
+                    if sent >= after and answer == ready), default=None)
 
 
 async def _drive(url: str, requests: list[dict], config: ChaosConfig, watchdog, start: float
@@ -160,12 +202,19 @@ def attribute(outcomes: list[Outcome], kills: list[Kill]) -> dict[int, list[Outc
 
 
 def analyse(outcomes: list[Outcome], kills: list[Kill], repairs: list, start: float,
-            config: ChaosConfig) -> dict:
+            config: ChaosConfig, service: ReadinessProbe | None = None) -> dict:
     failed_by_kill = attribute(outcomes, kills)
     rows, late = [], []
     for index, kill in enumerate(kills):
         repair = next((r for r in repairs if r.ok and kill.pid in {s.pid for s in r.dead}),
                       None)
+        # The service's /ready (ofa_triton.service_health): 503 from the detection until the
+        # repair finished, 200 again after.
+        not_ready = service.first(False, kill.at) if service else None
+        ready_again = (service.first(True, not_ready) if service and not_ready is not None
+                       else None)
+        ready_while_broken = (sum(service.between(repair.detected_at, repair.finished_at))
+                              if service and repair else None)
         attempts = [r for r in repairs if kill.pid in {s.pid for s in r.dead}]
         recovered = repair.finished_at if repair else None
         first_success = min((o.done for o in outcomes
@@ -189,6 +238,9 @@ def analyse(outcomes: list[Outcome], kills: list[Kill], repairs: list, start: fl
             "last_failure_s": round(max(o.done for o in failed) - kill.at, 3) if failed
             else None,
             "failed_after_recovery": len(after_recovery),
+            "service_not_ready_s": _since(not_ready, kill.at),
+            "service_ready_again_s": _since(ready_again, kill.at),
+            "service_ready_while_broken": ready_while_broken,
             "watchdog_line": repair.line if repair else None,
         })
     ok = [o for o in outcomes if o.error is None]
@@ -205,6 +257,10 @@ def analyse(outcomes: list[Outcome], kills: list[Kill], repairs: list, start: fl
         "failed_after_recovery": sum(row["failed_after_recovery"] for row in rows),
         "failed_per_kill": _stats([row["failed"] for row in rows]),
         "detection_s": _stats([row["detection_s"] for row in rows]),
+        "service_not_ready_s": _stats([row["service_not_ready_s"] for row in rows]),
+        "service_ready_again_s": _stats([row["service_ready_again_s"] for row in rows]),
+        "service_ready_while_broken": sum(row["service_ready_while_broken"] or 0
+                                          for row in rows),
         "recovery_target_s": config.recovery_target_s,
         "within_target": sum(1 for row in rows if row["recovery_s"] is not None
                              and row["recovery_s"] <= config.recovery_target_s),
@@ -223,10 +279,20 @@ def analyse(outcomes: list[Outcome], kills: list[Kill], repairs: list, start: fl
     if summary["failed_after_recovery"]:
         failures.append(f"{summary['failed_after_recovery']} requests sent after a recovery "
                         f"failed (e.g. {late[0].error})")
+    if summary["service_ready_while_broken"]:
+        failures.append(f"the service's /ready said 200 {summary['service_ready_while_broken']}"
+                        " times between a detection and the end of its repair")
+    if service is not None and any(row["repaired"] and row["service_not_ready_s"] is None
+                                   for row in rows):
+        failures.append("the service's /ready never said 503 after a kill that was repaired")
     if summary["failed_before_any_kill"]:
         failures.append(f"{summary['failed_before_any_kill']} requests failed before any kill "
                         f"(e.g. {failed_by_kill[-1][0].error})")
     return {"summary": summary, "kills": rows, "failures": failures, "passed": not failures}
+
+
+def _since(moment: float | None, origin: float) -> float | None:
+    return None if moment is None else round(moment - origin, 3)
 
 
 def _stats(values: list) -> dict | None:
@@ -242,6 +308,8 @@ def run_chaos(repository: Path, config: ChaosConfig, work: Path) -> dict:
     from benchmarks.inputs import build_requests
     from benchmarks.loadgen import TritonTarget, run_load
     from ofa_triton.server import ServerOptions, TritonServer
+    from ofa_triton.service_health import HealthEndpoint, ServiceHealth
+    from ofa_triton.triton_config import ensemble_models
     from ofa_triton.watchdog import Watchdog
 
     work.mkdir(parents=True, exist_ok=True)
@@ -266,17 +334,27 @@ def run_chaos(repository: Path, config: ChaosConfig, work: Path) -> dict:
         log(f"load at concurrency {config.concurrency} for {config.seconds:.0f} s, a kill "
             f"every {config.interval_s:.0f} s from {config.first_kill_s:.0f} s "
             f"(repair: {config.method})")
-        start = time.monotonic()
-        outcomes, kills = asyncio.run(_drive(server.http_url, requests, config, watchdog,
-                                             start))
-        # The last kill's repair may still be finishing.
-        deadline = time.monotonic() + 60
-        while kills and time.monotonic() < deadline and not any(
-                r.ok and kills[-1].pid in {s.pid for s in r.dead} for r in watchdog.repairs):
-            time.sleep(0.2)
+        # The service's readiness, as `ofa-triton serve` answers it, probed every 50 ms.
+        health = ServiceHealth(server.http_url, ensemble_models(repository),
+                               watchdog=lambda: watchdog)
+        endpoint = HealthEndpoint(health, "127.0.0.1", 0).start()
+        try:
+            with ReadinessProbe(f"http://127.0.0.1:{endpoint.port}/ready") as service:
+                start = time.monotonic()
+                outcomes, kills = asyncio.run(_drive(server.http_url, requests, config,
+                                                     watchdog, start))
+                # The last kill's repair may still be finishing.
+                deadline = time.monotonic() + 60
+                while kills and time.monotonic() < deadline and not any(
+                        r.ok and kills[-1].pid in {s.pid for s in r.dead}
+                        for r in watchdog.repairs):
+                    time.sleep(0.2)
+                time.sleep(0.5)    # the probe's answers after the last repair
+        finally:
+            endpoint.close()
         watchdog.stop()
         repairs = list(watchdog.repairs)
-    result = analyse(outcomes, kills, repairs, start, config)
+    result = analyse(outcomes, kills, repairs, start, config, service)
     return {"config": dataclasses.asdict(config), **result,
             "watchdog_lines": lines,
             "repairs": [{"model": r.model, "action": r.action, "ok": r.ok,
@@ -299,7 +377,9 @@ def print_summary(result: dict) -> None:
         log(f"  {row['killed_at_s']:6.1f} s {row['instance']:26s} detected "
             f"{_fmt(row['detection_s'])} s, recovered {_fmt(row['recovery_s'])} s "
             f"(repair {_fmt(row['repair_s'])} s), first success {_fmt(row['first_success_s'])}"
-            f" s, {row['failed']} failed, {row['failed_after_recovery']} after recovery")
+            f" s, {row['failed']} failed, {row['failed_after_recovery']} after recovery; "
+            f"/ready 503 from {_fmt(row['service_not_ready_s'])} s to "
+            f"{_fmt(row['service_ready_again_s'])} s")
     for step, figures in summary["per_step"].items():
         recovery = figures["recovery_s"]
         if recovery:
@@ -312,6 +392,12 @@ def print_summary(result: dict) -> None:
             f"{summary['within_target']}/{summary['kills']} recovered within "
             f"{summary['recovery_target_s']:.0f} s; failed after recovery: "
             f"{summary['failed_after_recovery']}")
+    not_ready, ready_again = summary["service_not_ready_s"], summary["service_ready_again_s"]
+    if not_ready and ready_again:
+        log(f"  the service's /ready: 503 from mean {not_ready['mean']:.2f} s (max "
+            f"{not_ready['max']:.2f} s) after a kill, 200 again from mean "
+            f"{ready_again['mean']:.2f} s; 200 between a detection and its repair's end: "
+            f"{summary['service_ready_while_broken']} times")
 
 
 def _fmt(value) -> str:

@@ -14,7 +14,8 @@ import yaml
 from packaging.version import Version
 
 from ofa_triton import container
-from ofa_triton.server import policy_flags
+from ofa_triton.server import ServerOptions, TritonInstall, policy_flags, server_command
+from ofa_triton.service_health import HEALTH_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = container.read_base_image(container.dockerfile_base())
@@ -66,6 +67,7 @@ def test_unknown_base_image_is_refused_with_advice(tmp_path):
 def test_every_check_passes_for_the_dockerfile():
     results = container.check_image()
     assert [r.name for r in results] == ["base image Python", "source needs no newer Python",
+                                         "serve command's imports are installed",
                                          "image requirements have wheels",
                                          "package wheel installs"]
     assert all(r.ok for r in results), [r.problems for r in results]
@@ -114,16 +116,68 @@ def test_requirements_without_an_exact_pin_are_refused(tmp_path):
         container.pinned_version(requirement)
 
 
-def test_compose_and_image_start_the_server_with_the_flags_serve_uses():
-    """One source for the server's flags: ofa_triton.server.policy_flags."""
+def dockerfile_instruction(name: str) -> list[str]:
+    line = next(line for line in container.DOCKERFILE.read_text().splitlines()
+                if line.startswith(f"{name} "))
+    return yaml.safe_load(line.removeprefix(f"{name} "))
+
+
+def serve_arguments(arguments: list[str]):
+    from ofa_triton.cli import build_parser
+
+    return build_parser().parse_args(["serve", *arguments])
+
+
+def test_the_image_and_compose_run_ofa_triton_serve_with_its_watchdog_and_health_port():
+    """The container runs `ofa-triton serve` (so the watchdog and /ready exist there), with
+    arguments the CLI accepts; the flags tritonserver gets are policy_flags', one source."""
+    assert dockerfile_instruction("ENTRYPOINT") == ["ofa-triton", "serve"]
+    image = serve_arguments(dockerfile_instruction("CMD"))
+    assert (image.repository, image.model_control, image.host, image.health_port,
+            image.no_watchdog) == (Path("/models"), "none", "0.0.0.0", HEALTH_PORT, False)
+
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]
-    key = "${OFA_TRITON_ADMIN_KEY:?set OFA_TRITON_ADMIN_KEY (environment or .env)}"
-    assert service["command"] == ["--model-repository=/models",
-                                  *policy_flags("explicit", admin_key=key)]
-    cmd_line = next(line for line in container.DOCKERFILE.read_text().splitlines()
-                    if line.startswith("CMD "))
-    assert yaml.safe_load(cmd_line.removeprefix("CMD ")) == ["--model-repository=/models",
-                                                            *policy_flags("none")]
+    assert "entrypoint" not in service
+    compose = serve_arguments(service["command"])
+    assert (compose.repository, compose.model_control, compose.admin_key_env,
+            compose.health_port, compose.no_watchdog) == (
+        Path("/models"), "explicit", "OFA_TRITON_ADMIN_KEY", HEALTH_PORT, False)
+    assert service["environment"]["OFA_TRITON_ADMIN_KEY"].startswith(
+        "${OFA_TRITON_ADMIN_KEY:?")                      # compose refuses to start without
+    assert service["init"] is True                      # exited stubs are reaped
+    assert f"{HEALTH_PORT}:{HEALTH_PORT}" in service["ports"]
+    assert service["healthcheck"]["test"] == ["CMD", "curl", "-fsS",
+                                              f"http://localhost:{HEALTH_PORT}/ready"]
+
+    # The image's tritonserver is on PATH: its argv carries the policy flags, and its
+    # environment is left as the image set it (no library directory put first).
+    installed = TritonInstall(Path("/opt/tritonserver/bin/tritonserver"), None, None, None)
+    options = ServerOptions(Path("/models"), model_control="explicit", admin_key="k")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LD_LIBRARY_PATH", "/usr/local/cuda/compat/lib:/opt/tritonserver/lib")
+        argv, env = server_command(options, Path("/nonexistent"), installed)
+    assert argv[0] == "/opt/tritonserver/bin/tritonserver"
+    assert argv[-len(policy_flags("explicit", "k")):] == policy_flags("explicit", "k")
+    assert not any(arg.startswith("--backend-directory") for arg in argv)
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/cuda/compat/lib:/opt/tritonserver/lib"
+
+
+def test_the_serve_commands_imports_are_what_the_image_installs(tmp_path):
+    """The package goes into the image with --no-deps: every third-party module that
+    `ofa-triton serve` imports must come from the image's requirements (or their
+    dependencies: `packaging`, which the CLI imports, comes with tokenizers' huggingface-hub
+    and with onnxruntime). A requirements file without Pillow is caught."""
+    assert container.serve_import_problems() == []
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("".join(
+        line + "\n" for line in (ROOT / "docker" / "requirements-triton.txt").read_text()
+        .splitlines() if not line.startswith("pillow")))
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {IMAGE.tag}\nCOPY {requirements} /opt/requirements.txt\n"
+                          "RUN python3 -m pip install -r /opt/requirements.txt\n")
+    [problem] = container.serve_import_problems(dockerfile)
+    assert problem.startswith("ofa-triton serve imports PIL (pillow), which the image "
+                              "does not install: add it to docker/requirements-triton.txt")
 
 
 def test_the_images_import_check_names_modules_that_exist():

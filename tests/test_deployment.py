@@ -25,7 +25,7 @@ def test_dockerfile_installs_the_python_models_dependencies_and_drops_root():
 def test_repository_is_mounted_read_only():
     mounts = [v for v in SERVICE["volumes"] if v.rsplit(":", 2)[1] == "/models"]
     assert len(mounts) == 1 and mounts[0].endswith(":ro")
-    assert "--model-repository=/models" in SERVICE["command"]
+    assert "--repository=/models" in SERVICE["command"]
 
 
 def with_defaults(value: str) -> str:
@@ -40,9 +40,11 @@ def size_in_bytes(text: str) -> float:
 
 def test_healthcheck_user_and_ports():
     probe = with_defaults(" ".join(SERVICE["healthcheck"]["test"]))
-    assert "/v2/models/ofa_visual_entailment/ready" in probe   # see test_deploy: not health
+    # The service's readiness (ofa_triton.service_health), not Triton's strict one: see
+    # test_deploy and test_watchdog.
+    assert probe.endswith("http://localhost:8003/ready")
     assert SERVICE["user"] == "triton-server"
-    assert {"8000:8000", "8001:8001", "8002:8002"} <= set(SERVICE["ports"])
+    assert {"8000:8000", "8001:8001", "8002:8002", "8003:8003"} <= set(SERVICE["ports"])
 
 
 def test_triton_service_has_resource_limits():

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -197,23 +199,35 @@ def test_python_client_raises_prediction_error_with_status(triton_server):
     assert error.value.status == "StatusCode.INVALID_ARGUMENT"
 
 
+def health_of(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
+
+
 def test_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(exported_repositories):
-    http_port = free_port()
+    """``ofa-triton serve``: the server, its watchdog and the service's /ready and /live."""
+    http_port, health_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ofa_triton.cli", "serve", "--repository",
          str(exported_repositories["tiny"]), "--host", "127.0.0.1", "--http-port",
-         str(http_port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+         str(http_port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--health-port", str(health_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        ready_url = f"http://127.0.0.1:{health_port}/ready"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:
-                pass
+        while health_of(ready_url)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert health_of(ready_url) == (200, {
+            "ready": True, "live": True, "reasons": [], "watchdog": "on",
+            "ensembles": {"ofa_visual_entailment": True}})
+        assert health_of(f"http://127.0.0.1:{health_port}/live")[0] == 200
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
         assert client.is_model_ready("ofa_visual_entailment")
         # An open keep-alive connection would hold the shutdown for Triton's exit timeout.
         client.close()

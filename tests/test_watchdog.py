@@ -21,11 +21,14 @@ import urllib.request
 
 import pytest
 
+from benchmarks.chaos import ReadinessProbe
 from ofa_triton.client import PredictionError
 from ofa_triton.server import ServerOptions, server_command, stub_processes
+from ofa_triton.service_health import HealthEndpoint, ServiceHealth
 from ofa_triton.tasks.visual_entailment.client import VisualEntailmentClient
-from ofa_triton.watchdog import (ForegroundServer, Problem, StubInfo, Watchdog,
-                                 backend_failures, failure_rises, plan_repairs)
+from ofa_triton.foreground import ForegroundServer
+from ofa_triton.watchdog import (Problem, StubInfo, Watchdog, backend_failures, failure_rises,
+                                 plan_repairs)
 from tests.conftest import start_triton
 
 ENSEMBLE = "ofa_visual_entailment"
@@ -185,36 +188,6 @@ class Load:
             assert not thread.is_alive(), "a request hung"
 
 
-class ReadinessProbe:
-    """``/v2/models/<ensemble>/ready`` every 50 ms: (time, ready)."""
-
-    def __init__(self, server, model: str = ENSEMBLE):
-        self.url = f"http://{server.http_url}/v2/models/{model}/ready"
-        self.samples: list[tuple[float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    ready = response.status == 200
-            except OSError:
-                ready = False
-            self.samples.append((time.monotonic(), ready))
-
-    def __enter__(self) -> "ReadinessProbe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def between(self, start: float, end: float) -> list[bool]:
-        return [ready for at, ready in self.samples if start <= at <= end]
-
-
 def repair_of(watchdog: Watchdog, pid: int, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -227,23 +200,45 @@ def repair_of(watchdog: Watchdog, pid: int, timeout: float):
 
 def kill_under_load(server, fields, watchdog, model: str):
     """SIGKILL one stub of ``model`` after 1 s of load; the load goes on until 2 s after the
-    repair. Returns (victim, kill time, repair, outcomes, readiness probe)."""
+    repair. Returns (victim, kill time, repair, outcomes, a probe of Triton's readiness of the
+    ensemble, a probe of the service's readiness: ``ofa-triton serve``'s /ready)."""
     victim = next(stub for stub in watchdog.watched() if stub.model == model)
-    with ReadinessProbe(server) as probe, Load(server, fields) as load:
-        time.sleep(1.0)
-        killed_at = time.monotonic()
-        os.kill(victim.pid, signal.SIGKILL)
-        repair = repair_of(watchdog, victim.pid, RECOVERY_BOUND_S + 30)
-        time.sleep(2.0)
-    return victim, killed_at, repair, load.outcomes, probe
+    health = ServiceHealth(server.http_url, [ENSEMBLE], watchdog=lambda: watchdog)
+    endpoint = HealthEndpoint(health, "127.0.0.1", 0).start()
+    try:
+        with ReadinessProbe(f"http://{server.http_url}/v2/models/{ENSEMBLE}/ready") as probe, \
+                ReadinessProbe(f"http://127.0.0.1:{endpoint.port}/ready") as service, \
+                Load(server, fields) as load:
+            time.sleep(1.0)
+            killed_at = time.monotonic()
+            os.kill(victim.pid, signal.SIGKILL)
+            repair = repair_of(watchdog, victim.pid, RECOVERY_BOUND_S + 30)
+            time.sleep(2.0)
+    finally:
+        endpoint.close()
+    return victim, killed_at, repair, load.outcomes, probe, service
+
+
+def assert_the_service_was_not_ready_while_broken(service: ReadinessProbe, killed_at: float,
+                                                  repair) -> float:
+    """Ready before the kill; not ready from the detection until the repair finished (every
+    50 ms probe in between); ready after. Returns how long after the kill the first probe
+    said not ready (the blind window: at most the watchdog's poll)."""
+    assert service.between(killed_at - 1.0, killed_at) and all(
+        service.between(killed_at - 1.0, killed_at))
+    broken = service.between(repair.detected_at, repair.finished_at)
+    assert len(broken) >= 5 and not any(broken), broken
+    after = service.between(repair.finished_at, float("inf"))
+    assert after and all(after)
+    return service.first(False, killed_at) - killed_at
 
 
 @pytest.mark.parametrize("model", STEPS)   # in this order: preprocess, encoder, postprocess
 def test_a_killed_stub_is_found_and_replaced_within_seconds(server, fields, watchdog_factory,
                                                             model):
     watchdog, lines = watchdog_factory()
-    victim, killed_at, repair, outcomes, probe = kill_under_load(server, fields, watchdog,
-                                                                 model)
+    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, fields,
+                                                                          watchdog, model)
     detection = repair.detected_at - killed_at
     recovered = repair.finished_at - killed_at
     print(f"{model}: detected {detection:.2f} s after the kill, repaired in "
@@ -269,10 +264,14 @@ def test_a_killed_stub_is_found_and_replaced_within_seconds(server, fields, watc
     assert repair.new_pids and set(repair.new_pids) <= {stub.pid for stub in watchdog.watched()}
     assert {stub.model for stub in watchdog.watched()} == set(STEPS)
 
-    # The reload in place never took the ensemble out of service, so a readiness probe saw
-    # nothing at all, neither the death nor the repair.
-    assert probe.samples and all(ready for _, ready in probe.samples)
+    # The reload in place never took the ensemble out of service, so Triton's readiness saw
+    # nothing at all, neither the death nor the repair; the service's readiness did.
+    assert probe.samples and all(ready for _, _, ready in probe.samples)
     assert server.is_ready()
+    blind = assert_the_service_was_not_ready_while_broken(service, killed_at, repair)
+    print(f"{model}: the service's /ready said 503 {blind:.2f} s after the kill, 200 again "
+          "when the repair finished")
+    assert blind < DETECTION_BOUND_S
 
     # One line says what happened and what was done.
     [line] = [line for line in lines if "died" in line]
@@ -290,8 +289,9 @@ def test_unload_and_load_takes_the_ensemble_out_of_service_during_the_repair(
     the probe still says ready."""
     model = "ofa_encoder_decoder"
     watchdog, lines = watchdog_factory(method="unload-load")
-    victim, killed_at, repair, outcomes, probe = kill_under_load(server, fields, watchdog,
-                                                                 model)
+    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, fields,
+                                                                          watchdog, model)
+    assert_the_service_was_not_ready_while_broken(service, killed_at, repair)
     print(f"unload-load: detected {repair.detected_at - killed_at:.2f} s, repaired in "
           f"{repair.seconds:.2f} s")
     assert all(probe.between(killed_at - 1.0, repair.detected_at))   # the blind window
@@ -421,7 +421,13 @@ def test_without_explicit_model_control_the_server_is_restarted(repository, fiel
     lines: list[str] = []
     with open(tmp_path / "server.log", "wb") as output:
         server = ForegroundServer(options, argv, env, stop_timeout_s=2.0, log=lines.append,
-                                  stdout=output).start()
+                                  stdout=output)
+        health = ServiceHealth(f"127.0.0.1:{options.http_port}", [ENSEMBLE],
+                               server_state=server.state, watchdog=lambda: server.watchdog)
+        endpoint = HealthEndpoint(health, "127.0.0.1", 0)
+        ready_url = f"http://127.0.0.1:{endpoint.port}/ready"
+        server.start()
+        endpoint.start()
         waited: list[int] = []
         waiter = threading.Thread(target=lambda: waited.append(server.wait()), daemon=True)
         waiter.start()
@@ -429,11 +435,16 @@ def test_without_explicit_model_control_the_server_is_restarted(repository, fiel
             assert server.watchdog.baseline_taken.wait(120), "no baseline"
             first_pid = server.pid
             victim = next(s for s in server.watchdog.watched() if s.model == "ofa_encoder_decoder")
-            killed_at = time.monotonic()
-            os.kill(victim.pid, signal.SIGKILL)
-            repair = repair_of(server.watchdog, victim.pid, 120)
+            with ReadinessProbe(ready_url) as service:
+                time.sleep(0.5)
+                killed_at = time.monotonic()
+                os.kill(victim.pid, signal.SIGKILL)
+                repair = repair_of(server.watchdog, victim.pid, 120)
+                time.sleep(0.5)
             print(f"restart: detected {repair.detected_at - killed_at:.2f} s, serving again "
                   f"{repair.finished_at - killed_at:.2f} s after the kill")
+            # Not ready while the server restarts and loads its models.
+            assert_the_service_was_not_ready_while_broken(service, killed_at, repair)
             assert repair.action == "restart" and server.pid != first_pid
             assert re.fullmatch(rf"watchdog: ofa_encoder_decoder instance "
                                 rf"ofa_encoder_decoder_0_0 \(pid {victim.pid}\) died; restarted "
@@ -445,8 +456,16 @@ def test_without_explicit_model_control_the_server_is_restarted(repository, fiel
             assert stub_processes(first_pid) == []
         finally:
             server.send_signal(signal.SIGINT)
+            # From the signal on, a load balancer is told to stop sending.
+            stopping = health.report()
             waiter.join(60)
             server.close()
+            report = health.report()
+            endpoint.close()
+    assert not stopping.ready and stopping.reasons[0] in (
+        "tritonserver is shutting down (finishing the requests it has)", "tritonserver has exited")
+    assert (report.ready, report.live, report.reasons) == (False, False,
+                                                           ["tritonserver has exited"])
     assert waited and not server.watchdog.is_alive()
     deadline = time.monotonic() + 10    # SIGKILLed stubs take a moment to leave /proc
     while stub_processes(server.pid) or stub_processes(first_pid):
@@ -471,3 +490,8 @@ def test_a_short_chaos_run(repository, tmp_path):
         assert row["detection_s"] < DETECTION_BOUND_S
         assert row["recovery_s"] < RECOVERY_BOUND_S
         assert row["watchdog_line"].startswith(f"watchdog: {row['step']} instance ")
+        # The service's /ready: 503 within the detection bound, 200 again by the recovery.
+        assert row["service_ready_while_broken"] == 0
+        assert row["service_not_ready_s"] < DETECTION_BOUND_S
+        assert row["service_not_ready_s"] < row["service_ready_again_s"]
+        assert row["service_ready_again_s"] < row["recovery_s"] + 1.0

@@ -17,6 +17,7 @@ from .perf_inputs import DEFAULT_COUNT, DEFAULT_SEED
 from .runtime import RUNTIMES, TORCH_COMPILE_MODES
 from .tasks import TASKS, UnknownTaskError
 from .server import ServerOptions
+from .service_health import HEALTH_PORT
 from .triton_config import ENSEMBLE_MODEL, ServingOptions
 
 # Errors that mean "this input cannot be exported": shown as one line, exit code 2.
@@ -143,7 +144,7 @@ def _make_builtin(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import ServerOptions, run_foreground
+    from .foreground import run_foreground
 
     public = [task.public_model for task in TASKS.values()]
     if not any(any(args.repository.glob(f"*{name}/config.pbtxt")) for name in public):
@@ -153,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
         model_control=args.model_control, admin_key=_admin_key(args)),
-        watchdog=not args.no_watchdog)
+        watchdog=not args.no_watchdog, health_port=args.health_port or None)
 
 
 def _admin_key(args: argparse.Namespace) -> str | None:
@@ -396,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not replace dead or failing Python stubs (by default the "
                        "watchdog reloads the model in place with --model-control explicit, or "
                        "restarts the server; docs/watchdog.md)")
+    serve.add_argument("--health-port", type=int, default=HEALTH_PORT,
+                       help="port of the service's own /ready and /live (default "
+                       f"{HEALTH_PORT}; 0: none): ready only while every ensemble is ready and "
+                       "no step is broken, for load balancers (docs/watchdog.md)")
     serve.set_defaults(handler=_serve)
 
     for name, handler, summary in (

@@ -364,6 +364,87 @@ def source_problems(image: BaseImage, paths: tuple[Path, ...] = SOURCE_PATHS) ->
     return []
 
 
+# --- what the image's entrypoint imports -------------------------------------------------------
+
+# The image runs ``ofa-triton serve`` (the CLI, then the server, watchdog and health endpoint).
+SERVE_MODULES = ("ofa_triton.cli", "ofa_triton.foreground")
+# The image installs the GPU build; this environment has the CPU one, with the same
+# dependencies.
+_LOCAL_BUILD = {"onnxruntime-gpu": "onnxruntime"}
+
+
+def _imported_top_level(modules: tuple[str, ...]) -> set[str]:
+    """The top-level modules that this package's own code imports (import statements run in
+    ``ofa_triton`` modules) when a fresh interpreter imports ``modules``. What those
+    libraries import in turn is their business (torch tries optional ones, for instance)."""
+    script = ("import builtins, importlib, json, sys\n"
+              "direct, original = set(), builtins.__import__\n"
+              "def record(name, globals=None, locals=None, fromlist=(), level=0):\n"
+              "    if level == 0 and str((globals or {}).get('__name__', '')).startswith("
+              "'ofa_triton'):\n"
+              "        direct.add(name.split('.')[0])\n"
+              "    return original(name, globals, locals, fromlist, level)\n"
+              "builtins.__import__ = record\n"
+              "for name in json.loads(sys.argv[1]): importlib.import_module(name)\n"
+              "print(json.dumps(sorted(direct)))")
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(modules)],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise ImageCheckError(f"importing {', '.join(modules)} failed here: "
+                              f"{result.stderr.strip()[-1000:]}")
+    return set(json.loads(result.stdout))
+
+
+def _installed_closure(names: list[str]) -> set[str]:
+    """The distributions ``names`` need, as installed here (their dependencies, recursively;
+    extras and markers that do not apply left out)."""
+    from importlib import metadata
+
+    environment = default_environment()
+    seen: set[str] = set()
+    todo = [canonicalize_name(_LOCAL_BUILD.get(name, name)) for name in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker and not requirement.marker.evaluate({**environment,
+                                                                       "extra": ""}):
+                continue
+            todo.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def serve_import_problems(dockerfile: Path = DOCKERFILE,
+                          modules: tuple[str, ...] = SERVE_MODULES) -> list[str]:
+    """Third-party modules that the image's ``ofa-triton serve`` imports but that its
+    requirements files (with their dependencies) do not install: the package goes in with
+    ``--no-deps``, so such an import would fail only where the image runs."""
+    from importlib import metadata
+
+    installed = _installed_closure([requirement.name
+                                    for path in dockerfile_requirement_files(dockerfile)
+                                    for requirement in read_requirements(path)])
+    providers = metadata.packages_distributions()
+    problems = []
+    for module in sorted(_imported_top_level(modules) - set(sys.stdlib_module_names)):
+        if module.startswith("_") or module == "ofa_triton":
+            continue
+        distributions = {canonicalize_name(name) for name in providers.get(module, [])}
+        if not distributions & installed:
+            where = ", ".join(sorted(distributions)) or "no distribution"
+            problems.append(f"ofa-triton serve imports {module} ({where}), which the image "
+                            "does not install: add it to docker/requirements-triton.txt "
+                            "(pinned), or import it lazily where only export needs it")
+    return problems
+
+
 def check_image(dockerfile: Path = DOCKERFILE, *, table: Path = BASE_IMAGES,
                 pyproject: Path = SOURCE_ROOT / "pyproject.toml",
                 offline: bool = False) -> list[CheckResult]:
@@ -372,7 +453,9 @@ def check_image(dockerfile: Path = DOCKERFILE, *, table: Path = BASE_IMAGES,
     results = [CheckResult("base image Python", python_problems(image, requires_python(pyproject)),
                            [f"{image.tag}: Python {image.python}, Ubuntu {image.ubuntu}, "
                             f"glibc {image.glibc}, CUDA {image.cuda}"]),
-               CheckResult("source needs no newer Python", source_problems(image))]
+               CheckResult("source needs no newer Python", source_problems(image)),
+               CheckResult("serve command's imports are installed",
+                           serve_import_problems(dockerfile))]
     if offline:
         return results
     requirements = CheckResult("image requirements have wheels", [])

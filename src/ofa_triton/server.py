@@ -37,6 +37,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def local_address(host: str) -> str:
+    """Where a local client reaches a server listening on ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
 class TritonNotFoundError(FileNotFoundError):
     pass
 
@@ -193,7 +198,10 @@ def server_command(options: ServerOptions, workdir: Path,
     env = dict(os.environ)
     # The stubs run this interpreter's packages (numpy<2, onnxruntime, Pillow, tokenizers).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["LD_LIBRARY_PATH"] = _library_path(install)
+    if install.backend_source is not None:
+        env["LD_LIBRARY_PATH"] = _library_path(install)
+    # else: an installed server (the NGC image's) whose environment is already right; a
+    # system library directory put first would shadow the image's CUDA compatibility libraries.
     return argv + list(options.extra_args), env
 
 
@@ -264,39 +272,6 @@ class TritonServer:
     def __exit__(self, *exc) -> None:
         self.stop()
         shutil.rmtree(self._workdir / "backends", ignore_errors=True)
-
-
-def run_foreground(options: ServerOptions, watchdog: bool = True) -> int:
-    """``ofa-triton serve``: tritonserver in the foreground, its log on this terminal. Ctrl-C
-    (or SIGTERM) stops it cleanly. With ``watchdog`` (the default; ``--no-watchdog``) a dead
-    or failing Python stub is replaced: its model reloaded in place with explicit model
-    control, the server restarted without (ofa_triton.watchdog, docs/watchdog.md)."""
-    from .watchdog import ForegroundServer
-
-    workdir = Path(tempfile.mkdtemp(prefix="ofa-triton-server-"))
-    argv, env = server_command(options, workdir)
-    print(f"starting {argv[0]} (HTTP :{options.http_port}, gRPC :{options.grpc_port}, "
-          f"metrics :{options.metrics_port}, model control {options.model_control}, admin API "
-          f"{'restricted by key' if options.admin_key else 'open'}, watchdog "
-          f"{'on' if watchdog else 'off'}); Ctrl-C stops it", flush=True)
-    server = ForegroundServer(options, argv, env, watchdog=watchdog).start()
-
-    def forward(signum, _frame):
-        server.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        while True:
-            try:
-                return server.wait()
-            except KeyboardInterrupt:
-                # The terminal's SIGINT reached tritonserver too; wait for its clean exit.
-                server.stop_watchdog()
-                continue
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.close()    # the watchdog, and the stubs left by every server it started
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -178,6 +178,12 @@ def ensemble_steps(repository: Path, ensemble: str) -> list[str]:
     return _STEP_NAME.findall(path.read_text())
 
 
+def ensemble_models(repository: Path) -> list[str]:
+    """The ensembles of a model repository (any task, any name prefix), sorted."""
+    return sorted(path.parent.name for path in Path(repository).glob("*/config.pbtxt")
+                  if re.search(r'^platform: "ensemble"$', path.read_text(), re.MULTILINE))
+
+
 def read_served_versions(repository: Path, ensemble: str) -> ServedVersions | None:
     """What the repository's configs serve; None for a repository without the models."""
     path = Path(repository) / ensemble / "config.pbtxt"

@@ -51,7 +51,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -60,7 +59,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .server import ServerOptions, admin_headers, kill_leftover_stubs, stub_processes
+from .server import ServerOptions, admin_headers, local_address, stub_processes
 
 RELOAD_PARAMETER = "ofa_triton_watchdog_reload"
 METHODS = ("reload", "unload-load")
@@ -181,12 +180,8 @@ class RepairError(RuntimeError):
 
 # --- the watchdog -------------------------------------------------------------------------
 
-def _stderr_line(line: str) -> None:
+def log_to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _local_address(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
 def _stub_version(pid: int) -> str | None:
@@ -237,7 +232,7 @@ class Watchdog(threading.Thread):
         self.poll_s, self.metrics_poll_s, self.settle_s = poll_s, metrics_poll_s, settle_s
         self.ready_timeout_s, self.reap_after_s = ready_timeout_s, reap_after_s
         self.reload_failures_before_restart = reload_failures_before_restart
-        self.log = log or _stderr_line
+        self.log = log or log_to_stderr
         self.repairs: list[Repair] = []          # every attempt, in order
         self.baseline_taken = threading.Event()  # set after each (re)baseline
         self._stopping = threading.Event()
@@ -259,7 +254,7 @@ class Watchdog(threading.Thread):
     @classmethod
     def for_options(cls, options: ServerOptions, server_pid: int, **settings) -> "Watchdog":
         """For a server started with ``options`` (``ofa-triton serve``, ``TritonServer``)."""
-        host = _local_address(options.host)
+        host = local_address(options.host)
         settings = {"admin_key": options.admin_key, "model_control": options.model_control,
                     **settings}
         return cls(server_pid, f"{host}:{options.http_port}",
@@ -412,6 +407,26 @@ class Watchdog(threading.Thread):
         return [StubInfo(pid, instance, model, versions.get(pid, version))
                 for (model, version, instance), pid in sorted(expected.items())]
 
+    def unrepaired(self) -> list[str]:
+        """What it has found broken and not yet repaired, one line per model (a snapshot; safe
+        from any thread): the service's readiness is false while this is not empty
+        (ofa_triton.service_health)."""
+        pending, attempts = dict(self._pending), dict(self._attempts)
+        next_attempt = dict(self._next_attempt)
+        lines = []
+        for model, problem in sorted(pending.items()):
+            failed = attempts.get(model, 0)
+            if self.model_control != "explicit" and self.restart_server is None:
+                state = ("not repairable without explicit model control; restart the server")
+            elif failed == 0:
+                state = "being repaired"
+            else:
+                wait = max(0.0, next_attempt.get(model, 0.0) - time.monotonic())
+                state = (f"{failed} repair(s) failed, next in {wait:.0f} s (the server log "
+                         "has the watchdog's lines)")
+            lines.append(f"{problem.describe()}: {state}")
+        return lines
+
     def ensembles_using(self, model: str) -> list[str]:
         return [name for name, steps in self._ensembles.items() if model in steps]
 
@@ -461,6 +476,10 @@ class Watchdog(threading.Thread):
             pending = self._pending.get(model)
             if pending is None:
                 self._pending[model] = problem
+                # Detected once published (unrepaired() shows it, the service is not ready),
+                # not when the tick began: a stub killed during the scans would otherwise
+                # count as detected before its death.
+                problem.detected_at = time.monotonic()
             else:
                 known = {stub.pid for stub in pending.dead}
                 pending.dead += [stub for stub in problem.dead if stub.pid not in known]
@@ -545,11 +564,11 @@ class Watchdog(threading.Thread):
             self._record(problem, action, started, False, line, str(error))
             return
         new_pids = self._rebaseline(model, before)
-        finished = time.monotonic()
+        finished = self._repaired(model, problem)
         line = (f"watchdog: {problem.describe()}; {done} (new stubs: pids "
                 f"{', '.join(map(str, new_pids)) or 'none seen'}) in {finished - started:.1f} s")
-        self._record(problem, action, started, True, line, new_pids=new_pids)
-        self._repaired(model, problem)
+        self._record(problem, action, started, True, line, new_pids=new_pids,
+                     finished_at=finished)
 
     def _load_with_new_configuration(self, model: str) -> None:
         status, body = self._request(f"/v2/models/{model}/config", admin=True)
@@ -601,8 +620,9 @@ class Watchdog(threading.Thread):
                 new_pids.append(stub.pid)
         return sorted(new_pids)
 
-    def _repaired(self, model: str, problem: Problem) -> None:
-        self._pending.pop(model, None)
+    def _repaired(self, model: str, problem: Problem) -> float:
+        """Forget the problem; returns when it was forgotten (``Repair.finished_at``: the
+        service's readiness is true again from then on)."""
         self._attempts.pop(model, None)
         self._next_attempt.pop(model, None)
         now = time.monotonic()
@@ -617,6 +637,8 @@ class Watchdog(threading.Thread):
         counts = self._metrics()
         if counts is not None and model in counts:
             self._failure_baseline[model] = counts[model]
+        self._pending.pop(model, None)    # last: unrepaired() is empty from here on
+        return time.monotonic()
 
     def _restart(self, problems: list[Problem]) -> None:
         models = ", ".join(problem.model for problem in problems)
@@ -644,30 +666,30 @@ class Watchdog(threading.Thread):
             self._record_many(problems, models, started, False, line, str(error))
             return
         self._take_baseline()
-        finished = time.monotonic()
+        finished = max(self._repaired(problem.model, problem) for problem in problems)
         line = (f"watchdog: {what}; restarted tritonserver (pid {old_pid} -> {new_pid}) in "
                 f"{finished - started:.1f} s")
         self._record_many(problems, models, started, True, line,
-                          new_pids=sorted(self._expected.values()))
-        for problem in problems:
-            self._repaired(problem.model, problem)
+                          new_pids=sorted(self._expected.values()), finished_at=finished)
 
     def _record(self, problem: Problem, action: str, started: float, ok: bool, line: str,
-                error: str | None = None, new_pids: list[int] | None = None) -> None:
+                error: str | None = None, new_pids: list[int] | None = None,
+                finished_at: float | None = None) -> None:
         self.repairs.append(Repair(problem.model, problem.describe(), list(problem.dead),
                                    problem.failures, action, problem.detected_at, started,
-                                   time.monotonic(), ok, line, error, new_pids or []))
+                                   finished_at or time.monotonic(), ok, line, error,
+                                   new_pids or []))
         self.log(line)
 
     def _record_many(self, problems: list[Problem], models: str, started: float, ok: bool,
-                     line: str, error: str | None = None,
-                     new_pids: list[int] | None = None) -> None:
+                     line: str, error: str | None = None, new_pids: list[int] | None = None,
+                     finished_at: float | None = None) -> None:
         self.repairs.append(Repair(
             models, "; ".join(p.describe() for p in problems),
             [stub for p in problems for stub in p.dead],
             next((p.failures for p in problems if p.failures), None), "restart",
-            min(p.detected_at for p in problems), started, time.monotonic(), ok, line, error,
-            new_pids or []))
+            min(p.detected_at for p in problems), started, finished_at or time.monotonic(), ok,
+            line, error, new_pids or []))
         self.log(line)
 
     def kill_replaced_stubs(self) -> None:
@@ -704,111 +726,3 @@ def _http_error(status: int, body: bytes) -> str:
     except (ValueError, AttributeError):
         message = body.decode(errors="replace")
     return f"HTTP {status}: {message[:300]}"
-
-
-# --- ofa-triton serve: a server the watchdog may restart ----------------------------------
-
-class ForegroundServer:
-    """The tritonserver of ``ofa-triton serve`` (``server.run_foreground``), with its watchdog.
-
-    ``start()`` starts the server and the watchdog (which waits for readiness itself);
-    ``wait()`` returns the exit status of the server when it ends on its own or after a
-    signal, not when the watchdog restarted it; ``send_signal`` stops the watchdog first, so
-    that a shutdown is never taken for stubs dying; ``close()`` stops the watchdog and kills
-    the stubs left by every server it started. Without explicit model control the watchdog
-    repairs by ``restart()``: SIGINT, ``stop_timeout_s`` of grace (a server with a dead stub
-    never finishes its clean shutdown; it would wait out its exit timeout, 30 s by default),
-    SIGKILL, leftover stubs killed, the same command started again."""
-
-    def __init__(self, options: ServerOptions, argv: list[str], env: dict[str, str], *,
-                 watchdog: bool = True, stop_timeout_s: float = 5.0,
-                 log: Callable[[str], None] | None = None, stdout=None, **watchdog_settings):
-        self.options, self.argv, self.env = options, argv, env
-        self.stop_timeout_s = stop_timeout_s
-        self.stdout = stdout
-        self.log = log or _stderr_line
-        self.process: subprocess.Popen | None = None
-        self.watchdog: Watchdog | None = None
-        self._want_watchdog = watchdog
-        self._watchdog_settings = watchdog_settings
-        self._lock = threading.Condition()
-        self._restarting = False
-        self._closing = False
-        self._pids: list[int] = []
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _spawn(self) -> subprocess.Popen:
-        process = subprocess.Popen(self.argv, env=self.env, stdout=self.stdout,
-                                   stderr=subprocess.STDOUT if self.stdout else None)
-        self._pids.append(process.pid)
-        return process
-
-    def start(self) -> "ForegroundServer":
-        self.process = self._spawn()
-        if self._want_watchdog:
-            self.watchdog = Watchdog.for_options(self.options, self.process.pid,
-                                                 restart=self.restart, log=self.log,
-                                                 **self._watchdog_settings)
-            self.watchdog.start()
-        return self
-
-    def restart(self) -> int:
-        """Stop the server (short grace, then SIGKILL), kill its stubs, start it again;
-        returns the new pid. Called from the watchdog's thread."""
-        with self._lock:
-            if self._closing:
-                raise RepairError("the server is shutting down")
-            self._restarting = True
-            old = self.process
-        try:
-            if old.poll() is None:
-                old.send_signal(signal.SIGINT)
-                try:
-                    old.wait(self.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    old.kill()
-                    old.wait()
-            kill_leftover_stubs(old.pid)
-            with self._lock:
-                if self._closing:
-                    raise RepairError("the server is shutting down")
-                self.process = self._spawn()
-                return self.process.pid
-        finally:
-            with self._lock:
-                self._restarting = False
-                self._lock.notify_all()
-
-    def wait(self) -> int:
-        """The exit status of the server, once it ends other than by a restart. A
-        KeyboardInterrupt propagates (call ``stop_watchdog()`` and wait again)."""
-        while True:
-            process = self.process
-            code = process.wait()
-            with self._lock:
-                while self._restarting:
-                    self._lock.wait(0.5)
-                if self.process is process:
-                    return code
-
-    def stop_watchdog(self) -> None:
-        with self._lock:
-            self._closing = True
-        if self.watchdog is not None:
-            self.watchdog.stop(wait=False)
-
-    def send_signal(self, signum: int) -> None:
-        self.stop_watchdog()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
-
-    def close(self) -> None:
-        self.stop_watchdog()
-        if self.watchdog is not None:
-            self.watchdog.stop(wait=True, timeout=10)
-        for pid in self._pids:
-            if self.process is None or pid != self.process.pid or self.process.poll() is not None:
-                kill_leftover_stubs(pid)

@@ -1,0 +1,122 @@
+"""The service's own readiness (ofa_triton.service_health): what makes it false, and its HTTP
+endpoint. Against a real server and a killed stub: tests/test_watchdog.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ofa_triton.service_health import (HealthEndpoint, HealthReport, ServiceHealth,
+                                       health_report)
+from ofa_triton.triton_config import ensemble_models
+
+READY = {"ofa_visual_entailment": True, "ofa_caption": True}
+BROKEN = "ofa_preprocess instance ofa_preprocess_0_1 (pid 7) died: being repaired"
+
+
+def test_ready_only_when_the_server_runs_every_ensemble_is_ready_and_nothing_is_broken():
+    report = health_report("running", True, READY, [], "on")
+    assert report == HealthReport(True, True, [], READY, "on")
+    assert health_report("running", True, {**READY, "ofa_caption": False}, [], "on").reasons == [
+        "ofa_caption is not ready on the server"]
+    # Triton says ready (its probes cannot see a dead stub): the watchdog's finding decides.
+    broken = health_report("running", True, READY, [BROKEN], "on")
+    assert not broken.ready and broken.live and broken.reasons == [f"watchdog: {BROKEN}"]
+    assert health_report("running", True, {}, [], "off").reasons == [
+        "the repository has no ensemble to serve"]
+
+
+@pytest.mark.parametrize("state, live, reason", [
+    ("restarting", True, "tritonserver is being restarted by the watchdog"),
+    ("stopping", True, "tritonserver is shutting down (finishing the requests it has)"),
+    ("exited", False, "tritonserver has exited"),
+])
+def test_a_server_that_restarts_stops_or_exited_is_not_ready(state, live, reason):
+    # The ensembles' readiness cannot be asked then: not listed as reasons of their own.
+    report = health_report(state, False, dict.fromkeys(READY, False), [], "on")
+    assert (report.ready, report.live, report.reasons) == (False, live, [reason])
+
+
+def test_a_running_server_that_does_not_answer_is_alive_but_not_ready():
+    """Loading its models, or hung: an orchestrator must not restart it for that; a load
+    balancer must not send it traffic."""
+    report = health_report("running", False, dict.fromkeys(READY, False), [], "on")
+    assert not report.ready and report.live
+    assert report.reasons == ["tritonserver does not answer /v2/health/live"]
+
+
+class CannedHealth(ServiceHealth):
+    def __init__(self, report: HealthReport):
+        super().__init__("127.0.0.1:1", [])
+        self.canned = report
+
+    def report(self) -> HealthReport:
+        return self.canned
+
+
+def ask(url: str, method: str = "GET") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def endpoint():
+    health = CannedHealth(health_report("running", True, READY, [], "on"))
+    endpoint = HealthEndpoint(health, "127.0.0.1", 0).start()
+    yield endpoint
+    endpoint.close()
+
+
+def test_the_endpoint_answers_200_or_503_with_the_reasons(endpoint):
+    base = f"http://127.0.0.1:{endpoint.port}"
+    status, body = ask(f"{base}/ready")
+    assert status == 200 and json.loads(body) == {
+        "ready": True, "live": True, "reasons": [], "ensembles": READY, "watchdog": "on"}
+    endpoint.health.canned = health_report("running", True, READY, [BROKEN], "on")
+    status, body = ask(f"{base}/ready")
+    assert status == 503 and json.loads(body)["reasons"] == [f"watchdog: {BROKEN}"]
+    assert ask(f"{base}/live")[0] == 200                  # broken, yet alive
+    assert ask(f"{base}/ready/?probe=1")[0] == 503        # a trailing slash, a query
+    assert ask(f"{base}/ready", "HEAD") == (503, b"")
+    endpoint.health.canned = health_report("exited", False, {}, [], "stopped")
+    assert ask(f"{base}/live")[0] == 503
+    status, body = ask(f"{base}/v2/health/ready")
+    assert status == 404 and "ask /ready or /live" in json.loads(body)["error"]
+
+
+def test_a_taken_port_fails_before_anything_starts_and_says_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match=r"choose another --health-port, or 0 to turn it off"):
+            HealthEndpoint(CannedHealth(health_report("running", True, READY, [], "on")),
+                           "127.0.0.1", taken.getsockname()[1])
+
+
+def test_without_a_server_the_health_is_not_ready_and_says_why():
+    """A ServiceHealth whose server does not answer (nothing listens on the port)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    report = ServiceHealth(f"127.0.0.1:{port}", ["ofa_visual_entailment"]).report()
+    assert not report.ready and report.live and report.watchdog == "off"
+    assert report.ensembles == {"ofa_visual_entailment": False}
+
+
+def test_the_ensembles_are_read_from_the_repository(tmp_path):
+    for name, platform in (("large_ofa_visual_entailment", "ensemble"),
+                           ("large_ofa_preprocess", None), ("ofa_caption", "ensemble")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(
+            f'name: "{name}"\n' + (f'platform: "{platform}"\n' if platform else
+                                   'backend: "python"\n'))
+    (tmp_path / "notes").mkdir()
+    assert ensemble_models(tmp_path) == ["large_ofa_visual_entailment", "ofa_caption"]
