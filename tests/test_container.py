@@ -189,3 +189,22 @@ def test_the_images_import_check_names_modules_that_exist():
     [line] = re.findall(r'python3 -c "import ([^"]+)"', container.DOCKERFILE.read_text())
     for module in line.split(","):
         importlib.import_module(module.strip())
+
+
+def test_serve_starts_without_torch_and_export_errors_are_still_one_line():
+    """`ofa-triton serve` (the image's entrypoint) imports no torch or onnx: those load with
+    the commands that export. An export's validation error still ends as one line, exit 2."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, ofa_triton.cli, ofa_triton.foreground; "
+         "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert loaded == "[]"
+
+    from ofa_triton import cli
+    from ofa_triton.onnx_export import ExportValidationError
+
+    assert ExportValidationError in cli._user_errors()
+    assert ExportValidationError not in cli.USER_ERRORS

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
-from ofa_triton.service_health import (HealthEndpoint, HealthReport, ServiceHealth,
-                                       health_report)
+from ofa_triton.service_health import (HealthEndpoint, HealthPortError, HealthReport,
+                                       ServiceHealth, health_report)
 from ofa_triton.triton_config import ensemble_models
 
 READY = {"ofa_visual_entailment": True, "ofa_caption": True}
@@ -92,13 +94,28 @@ def test_the_endpoint_answers_200_or_503_with_the_reasons(endpoint):
     assert status == 404 and "ask /ready or /live" in json.loads(body)["error"]
 
 
-def test_a_taken_port_fails_before_anything_starts_and_says_what_to_do():
+def test_a_taken_port_fails_before_anything_starts_and_says_what_to_do(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(OSError, match=r"choose another --health-port, or 0 to turn it off"):
+        port = taken.getsockname()[1]
+        with pytest.raises(HealthPortError, match=r"choose another --health-port, or 0 to "
+                           "turn it off"):
             HealthEndpoint(CannedHealth(health_report("running", True, READY, [], "on")),
-                           "127.0.0.1", taken.getsockname()[1])
+                           "127.0.0.1", port)
+        # ofa-triton serve: one line and exit 2, before any tritonserver starts.
+        (tmp_path / "ofa_visual_entailment").mkdir()
+        (tmp_path / "ofa_visual_entailment" / "config.pbtxt").write_text(
+            'name: "ofa_visual_entailment"\nplatform: "ensemble"\n')
+        result = subprocess.run(
+            [sys.executable, "-m", "ofa_triton.cli", "serve", "--repository", str(tmp_path),
+             "--host", "127.0.0.1", "--health-port", str(port)],
+            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"ofa-triton serve: error: the health endpoint cannot listen on 127.0.0.1:{port} "
+        "(Address already in use); choose another --health-port, or 0 to turn it off")
+    assert "starting" not in result.stdout
 
 
 def test_without_a_server_the_health_is_not_ready_and_says_why():

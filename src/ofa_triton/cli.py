@@ -6,24 +6,31 @@ import argparse
 import sys
 from pathlib import Path
 
+# The modules that need torch or onnx (export, checkpoint, modeling) are imported by the
+# commands that use them, so that `serve`, `deploy` and the clients start without them (the
+# GPU image's `ofa-triton serve` keeps 240 MB and a second less).
 from . import limits
-from .checkpoint import CheckpointError
 from .container import ImageCheckError
 from .deploy import DeployError
-from .modeling import CheckpointMismatchError, UnsupportedCheckpointError
-from .export import PRECISIONS
-from .onnx_export import ExportValidationError
 from .perf_inputs import DEFAULT_COUNT, DEFAULT_SEED
-from .runtime import RUNTIMES, TORCH_COMPILE_MODES
+from .runtime import PRECISIONS, RUNTIMES, TORCH_COMPILE_MODES
 from .tasks import TASKS, UnknownTaskError
 from .server import ServerOptions
-from .service_health import HEALTH_PORT
+from .service_health import HEALTH_PORT, HealthPortError
 from .triton_config import ENSEMBLE_MODEL, ServingOptions
 
-# Errors that mean "this input cannot be exported": shown as one line, exit code 2.
-USER_ERRORS = (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError,
-               ExportValidationError, DeployError, ImageCheckError, UnknownTaskError,
+# Errors that mean "this input cannot be used": shown as one line, exit code 2. The checkpoint
+# errors (CheckpointError, CheckpointMismatchError, UnsupportedCheckpointError) are
+# ValueErrors.
+USER_ERRORS = (DeployError, ImageCheckError, UnknownTaskError, HealthPortError,
                FileNotFoundError, ValueError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS, and ExportValidationError once its module is loaded (only an export can
+    raise it, and importing it would load torch)."""
+    onnx_export = sys.modules.get(f"{__package__}.onnx_export")
+    return USER_ERRORS + ((onnx_export.ExportValidationError,) if onnx_export else ())
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -584,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         print(f"ofa-triton {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ from .checkpoint import OfaCheckpoint, open_checkpoint
 from .limits import InputLimits
 from .manifest import MANIFEST_FILE, package_versions, write_manifest
 from .onnx_export import ONNX_OPSET
-from .runtime import RUNTIMES, RuntimeRecord
+from .runtime import RUNTIME_PRECISIONS, RUNTIMES, RuntimeRecord
 from .settings import ServingSettings
 from .text import OfaTextEncoder
 from .triton_config import (ModelNames, ServedVersions, ServingOptions, check_output_directory,
@@ -49,8 +49,6 @@ DEFAULT_PRECISION = {"cpu": "fp32", "gpu": "fp16"}
 # onnxruntime on the CPU (measured: BENCHMARKS.md); on GPUs the PyTorch runtime, the one that
 # runs on the GPU machines this project is measured on (README, "Runtimes").
 DEFAULT_RUNTIME = {"cpu": "onnxruntime", "gpu": "torch"}
-RUNTIME_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16")}
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,11 @@ def run_foreground(options: ServerOptions, watchdog: bool = True,
         health = ServiceHealth(f"{local_address(options.host)}:{options.http_port}",
                                ensemble_models(options.repository), server_state=server.state,
                                watchdog=lambda: server.watchdog)
-        endpoint = HealthEndpoint(health, options.host, health_port)   # fails early if taken
+        try:
+            endpoint = HealthEndpoint(health, options.host, health_port)   # before the server
+        except OSError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
     print(f"starting {argv[0]} (HTTP :{options.http_port}, gRPC :{options.grpc_port}, "
           f"metrics :{options.metrics_port}, model control {options.model_control}, admin API "
           f"{'restricted by key' if options.admin_key else 'open'}, watchdog "

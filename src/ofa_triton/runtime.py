@@ -115,6 +115,9 @@ class EncoderDecoderSession:
 # before the PyTorch runtime have no such file: they hold model.onnx for onnxruntime.
 RUNTIME_FILE = "ofa_runtime.json"
 RUNTIMES = ("onnxruntime", "torch")
+# The precisions each runtime serves (export --precision).
+RUNTIME_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16")}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 GRAPH_FILE = "model.onnx"
 
 

@@ -35,6 +35,10 @@ HEALTH_PORT = 8003      # after Triton's 8000 (HTTP), 8001 (gRPC) and 8002 (metr
 PATHS = ("/ready", "/live")
 
 
+class HealthPortError(OSError):
+    """The health port cannot be bound; the message says which flag to change."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HealthReport:
     ready: bool
@@ -149,8 +153,9 @@ class HealthEndpoint:
         try:
             self._server = http.server.ThreadingHTTPServer((host, port), Handler)
         except OSError as error:
-            raise OSError(f"the health endpoint cannot listen on {host}:{port} ({error}); "
-                          "choose another --health-port, or 0 to turn it off") from None
+            raise HealthPortError(f"the health endpoint cannot listen on {host}:{port} "
+                                  f"({error.strerror or error}); choose another --health-port, "
+                                  "or 0 to turn it off") from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="ofa-triton-health", daemon=True)
