@@ -277,8 +277,13 @@ def host_path(service: dict, container_path: str) -> Path:
 
 
 def test_triton_service_exports_latency_summaries():
+    """The compose service runs `ofa-triton serve` (tests/test_container.py), whose server
+    gets policy_flags, summaries included, in every model-control mode."""
+    from ofa_triton.server import policy_flags
+
     triton = compose()["services"]["triton"]
-    assert SUMMARY_FLAG in triton["command"] and "8002:8002" in triton["ports"]
+    assert "--repository=/models" in triton["command"] and "8002:8002" in triton["ports"]
+    assert all(SUMMARY_FLAG in policy_flags(mode) for mode in ("none", "explicit"))
 
 
 def test_prometheus_scrapes_triton_metrics_port():

@@ -165,9 +165,8 @@ def admin_headers(protocol: str, key: str) -> dict[str, str]:
 
 
 def policy_flags(model_control: str = "none", admin_key: str | None = None) -> list[str]:
-    """The flags that decide how the server behaves, whoever starts it: ``ofa-triton serve``,
-    the tests, and the container (docker-compose.yml and the Dockerfile's CMD list the same
-    flags; tests/test_container.py compares them)."""
+    """The flags that decide how the server behaves, whoever starts it: ``ofa-triton serve``
+    (also the container's entrypoint: docker/Dockerfile, docker-compose.yml) and the tests."""
     if model_control not in ("none", "explicit"):
         raise ValueError(f"model_control must be 'none' or 'explicit', not {model_control!r}")
     flags = ["--strict-readiness=true", "--exit-on-error=true",
