@@ -137,3 +137,33 @@ def test_the_ensembles_are_read_from_the_repository(tmp_path):
                                    'backend: "python"\n'))
     (tmp_path / "notes").mkdir()
     assert ensemble_models(tmp_path) == ["large_ofa_visual_entailment", "ofa_caption"]
+
+
+def test_the_server_is_asked_directly_even_with_a_proxy_in_the_environment(monkeypatch):
+    """HTTP_PROXY (common on corporate hosts) must not route the loopback probes through a
+    proxy: a stand-in Triton that answers its health endpoints, and a proxy that is not."""
+    import http.server
+    import threading
+
+    class Triton(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):   # noqa: N802
+            known = self.path in ("/v2/health/live", "/v2/models/ofa_visual_entailment/ready")
+            self.send_response(200 if known else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    triton = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Triton)
+    threading.Thread(target=triton.serve_forever, daemon=True).start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, "http://127.0.0.1:9")     # nothing listens there
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        health = ServiceHealth(f"127.0.0.1:{triton.server_address[1]}",
+                               ["ofa_visual_entailment"])
+        assert health.report().ready
+    finally:
+        triton.shutdown()
+        triton.server_close()

@@ -42,6 +42,11 @@ def local_address(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
+# For requests to a server on this machine (its health, its repository API, its metrics):
+# never through a proxy that HTTP_PROXY may name, whatever NO_PROXY says.
+LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class TritonNotFoundError(FileNotFoundError):
     pass
 
@@ -233,7 +238,7 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            with LOCAL_HTTP.open(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -28,8 +28,9 @@ import dataclasses
 import http.server
 import json
 import threading
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+
+from .server import LOCAL_HTTP
 
 HEALTH_PORT = 8003      # after Triton's 8000 (HTTP), 8001 (gRPC) and 8002 (metrics)
 PATHS = ("/ready", "/live")
@@ -80,8 +81,8 @@ def health_report(server_state: str, triton_live: bool, ensembles: Mapping[str, 
 
 
 class ServiceHealth:
-    """Looks at the server each time it is asked (a probe every 50 ms costs a few loopback
-    requests). ``server_state`` says what the process is doing; ``watchdog`` returns the
+    """Looks at the server each time it is asked (a probe costs one loopback request, plus
+    one per ensemble). ``server_state`` says what the process is doing; ``watchdog`` returns the
     current watchdog, or None when there is none."""
 
     def __init__(self, http_url: str, ensembles: Iterable[str], *,
@@ -96,8 +97,8 @@ class ServiceHealth:
 
     def _answers(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}",
-                                        timeout=self.timeout_s) as response:
+            with LOCAL_HTTP.open(f"http://{self.http_url}{path}",
+                                 timeout=self.timeout_s) as response:
                 return response.status == 200
         except (OSError, ValueError):     # HTTPError (non-200) is an OSError
             return False

@@ -59,7 +59,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .server import ServerOptions, admin_headers, local_address, stub_processes
+from .server import LOCAL_HTTP, ServerOptions, admin_headers, local_address, stub_processes
 
 RELOAD_PARAMETER = "ofa_triton_watchdog_reload"
 METHODS = ("reload", "unload-load")
@@ -305,7 +305,7 @@ class Watchdog(threading.Thread):
                                          headers=headers,
                                          method="POST" if body is not None else "GET")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with LOCAL_HTTP.open(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
@@ -347,7 +347,7 @@ class Watchdog(threading.Thread):
         if not self.metrics_url:
             return None
         try:
-            with urllib.request.urlopen(self.metrics_url, timeout=5.0) as response:
+            with LOCAL_HTTP.open(self.metrics_url, timeout=5.0) as response:
                 return backend_failures(response.read().decode(errors="replace"))
         except (OSError, ValueError):
             return None
