@@ -209,7 +209,19 @@ def health_of(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-def test_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(exported_repositories):
+def tritonservers_on(http_port: int) -> list[int]:
+    """The pids of tritonserver processes started with this HTTP port."""
+    found = subprocess.run(["pgrep", "-f", f"tritonserver .*--http-port={http_port} "],
+                           capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+# Ctrl-C in a terminal signals the whole foreground process group; docker stop and systemd
+# send SIGTERM to the one process. Either way serve stops tritonserver (its own session) once.
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_serve_runs_in_the_foreground_and_stops_cleanly(exported_repositories, signum,
+                                                        to_group):
     """``ofa-triton serve``: the server, its watchdog and the service's /ready and /live."""
     http_port, health_port = free_port(), free_port()
     process = subprocess.Popen(
@@ -231,11 +243,20 @@ def test_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(exported_repos
         assert client.is_model_ready("ofa_visual_entailment")
         # An open keep-alive connection would hold the shutdown for Triton's exit timeout.
         client.close()
-        os.killpg(process.pid, signal.SIGINT)   # what Ctrl-C in a terminal does
+        [triton_pid] = tritonservers_on(http_port)
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         code = process.wait(60)
         assert code == 0, process.stdout.read().decode(errors="replace")[-3000:]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+        for pid in tritonservers_on(http_port):
+            os.kill(pid, signal.SIGKILL)
+    assert tritonservers_on(http_port) == []
     output = process.stdout.read().decode(errors="replace")
+    assert (f"ofa-triton serve: {signal.Signals(signum).name}: stopping tritonserver cleanly "
+            "(again to kill it)") in output
     assert "successfully unloaded" in output or "All models are stopped" in output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -43,24 +44,31 @@ def run_foreground(options: ServerOptions, watchdog: bool = True,
           f"{'on' if watchdog else 'off'}, service health "
           f"{f'/ready and /live on :{health_port}' if endpoint else 'off'}); Ctrl-C stops it",
           flush=True)
-    server.start()
-    if endpoint is not None:
-        endpoint.start()
+    # tritonserver runs in a session of its own, so that a signal reaches it once, from here:
+    # the first Ctrl-C, SIGTERM (docker stop) or SIGHUP (the terminal closed) stops it
+    # cleanly (SIGINT: it finishes what it has, up to its exit timeout), the next kills it.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    stops = 0
 
-    def forward(signum, _frame):
-        server.send_signal(signal.SIGINT if signum == signal.SIGTERM else signum)
+    def stop(signum, _frame):
+        nonlocal stops
+        stops += 1
+        if stops == 1:
+            print(f"ofa-triton serve: {signal.Signals(signum).name}: stopping tritonserver "
+                  "cleanly (again to kill it)", file=sys.stderr, flush=True)
+            server.send_signal(signal.SIGINT)
+        else:
+            server.send_signal(signal.SIGKILL)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, stop) for signum in signals}
     try:
-        while True:
-            try:
-                return server.wait()
-            except KeyboardInterrupt:
-                # The terminal's SIGINT reached tritonserver too; wait for its clean exit.
-                server.stop_watchdog()
-                continue
+        server.start()
+        if endpoint is not None:
+            endpoint.start()
+        return server.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if endpoint is not None:
             endpoint.close()
         server.close()    # the watchdog, and the stubs left by every server it started
@@ -111,8 +119,10 @@ class ForegroundServer:
         return "stopping" if closing else "running"
 
     def _spawn(self) -> subprocess.Popen:
+        # Its own session: signals reach it from this process only (run_foreground).
         process = subprocess.Popen(self.argv, env=self.env, stdout=self.stdout,
-                                   stderr=subprocess.STDOUT if self.stdout else None)
+                                   stderr=subprocess.STDOUT if self.stdout else None,
+                                   start_new_session=True)
         self._pids.append(process.pid)
         return process
 
@@ -153,8 +163,7 @@ class ForegroundServer:
                 self._lock.notify_all()
 
     def wait(self) -> int:
-        """The exit status of the server, once it ends other than by a restart. A
-        KeyboardInterrupt propagates (call ``stop_watchdog()`` and wait again)."""
+        """The exit status of the server, once it ends other than by a restart."""
         while True:
             process = self.process
             code = process.wait()
