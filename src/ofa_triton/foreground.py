@@ -63,6 +63,8 @@ def run_foreground(options: ServerOptions, watchdog: bool = True,
     previous = {signum: signal.signal(signum, stop) for signum in signals}
     try:
         server.start()
+        if stops:    # a signal came while it was starting
+            server.send_signal(signal.SIGINT if stops == 1 else signal.SIGKILL)
         if endpoint is not None:
             endpoint.start()
         return server.wait()
