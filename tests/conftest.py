@@ -56,6 +56,13 @@ def golden_images(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def entailment_fields(golden_images) -> dict:
+    """One valid visual-entailment request (the fault and watchdog tests' load)."""
+    return {"image": golden_images["photo_640x480.jpg"].read_bytes(),
+            "hypothesis": "two people walk down a street"}
+
+
+@pytest.fixture(scope="session")
 def exported_repositories(tmp_path_factory, checkpoint_dirs) -> dict[str, Path]:
     """Each generated checkpoint exported (fp32, CPU) into its own model repository."""
     from ofa_triton.export import export_repository

@@ -66,12 +66,6 @@ def server(exported_repositories, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
-def request_fields(golden_images):
-    return {"image": golden_images["photo_640x480.jpg"].read_bytes(),
-            "hypothesis": "two people walk down a street"}
-
-
 def stub_pid(server, instance: str) -> int | None:
     return next((s.pid for s in stub_processes(server.process.pid) if s.instance == instance),
                 None)
@@ -147,13 +141,13 @@ def repository_state(admin, model: str) -> str:
 
 @pytest.mark.parametrize("model,instances", [("ofa_preprocess", 2), ("ofa_encoder_decoder", 1)])
 def test_killed_stub_fails_its_requests_fast_until_the_model_is_reloaded(
-        server, request_fields, model, instances):
+        server, entailment_fields, model, instances):
     instance = f"{model}_0_0"
     victim = stub_pid(server, instance)
     assert victim is not None, stub_processes(server.process.pid)
     failures_before = backend_failures(server, model)
 
-    outcomes = under_load(server, request_fields, lambda: os.kill(victim, signal.SIGKILL), 6.0)
+    outcomes = under_load(server, entailment_fields, lambda: os.kill(victim, signal.SIGKILL), 6.0)
 
     before = [o for o in outcomes if o[0] + o[1] < 0]
     after = [o for o in outcomes if o[0] >= 0]
@@ -193,12 +187,12 @@ def test_killed_stub_fails_its_requests_fast_until_the_model_is_reloaded(
     assert stub_pid(server, instance) not in (None, victim)
     client = VisualEntailmentClient(server.http_url)
     for index in range(2 * instances + 2):   # every instance gets its turn
-        assert client.predict(request_fields["image"], f"after the reload {index}")
+        assert client.predict(entailment_fields["image"], f"after the reload {index}")
 
 
 @pytest.mark.parametrize("model_control", ["none", "explicit"])
 def test_shutdown_after_a_stub_death_waits_for_the_exit_timeout(
-        exported_repositories, request_fields, tmp_path, model_control):
+        exported_repositories, entailment_fields, tmp_path, model_control):
     """The killed instance never finishes unloading: SIGINT ends in Triton's exit timeout
     (--exit-timeout-secs; 30 s by default) and exit status 1, rather than a prompt clean exit
     (0, in about 4 s here). With its own server, whose stub it kills itself: the default
@@ -208,11 +202,11 @@ def test_shutdown_after_a_stub_death_waits_for_the_exit_timeout(
     with start_server(exported_repositories["tiny"], tmp_path, model_control) as server:
         server.wait_ready()
         client = VisualEntailmentClient(server.http_url)
-        assert client.predict(request_fields["image"], request_fields["hypothesis"])
+        assert client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
         os.kill(stub_pid(server, instance), signal.SIGKILL)
         with pytest.raises(PredictionError, match=f"Stub process '{instance}' is not healthy"
                            ) as caught:
-            client.predict(request_fields["image"], request_fields["hypothesis"])
+            client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
         assert caught.value.status == "500"
         if model_control == "explicit":
             # The unload of the dead instance never finishes: 3 s later the version is still
@@ -225,7 +219,7 @@ def test_shutdown_after_a_stub_death_waits_for_the_exit_timeout(
             admin.load_model(model)
             assert repository_state(admin, model) == "READY"
             wait_for_the_ensemble(admin, time.monotonic())
-            assert client.predict(request_fields["image"], request_fields["hypothesis"])
+            assert client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
 
         started = time.monotonic()
         returncode = server.stop(timeout=EXIT_TIMEOUT_S + 30)

@@ -129,12 +129,6 @@ def server(repository, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
-def fields(golden_images):
-    return {"image": golden_images["photo_640x480.jpg"].read_bytes(),
-            "hypothesis": "two people walk down a street"}
-
-
 @pytest.fixture
 def watchdog_factory(server):
     started = []
@@ -234,10 +228,11 @@ def assert_the_service_was_not_ready_while_broken(service: ReadinessProbe, kille
 
 
 @pytest.mark.parametrize("model", STEPS)   # in this order: preprocess, encoder, postprocess
-def test_a_killed_stub_is_found_and_replaced_within_seconds(server, fields, watchdog_factory,
+def test_a_killed_stub_is_found_and_replaced_within_seconds(server, entailment_fields,
+                                                            watchdog_factory,
                                                             model):
     watchdog, lines = watchdog_factory()
-    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, fields,
+    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, entailment_fields,
                                                                           watchdog, model)
     detection = repair.detected_at - killed_at
     recovered = repair.finished_at - killed_at
@@ -283,13 +278,13 @@ def test_a_killed_stub_is_found_and_replaced_within_seconds(server, fields, watc
 
 
 def test_unload_and_load_takes_the_ensemble_out_of_service_during_the_repair(
-        server, fields, watchdog_factory):
+        server, entailment_fields, watchdog_factory):
     """``method="unload-load"`` (the issue's first design): the ensemble is unavailable while
     its step is unloaded, which a readiness probe sees; between the death and the detection
     the probe still says ready."""
     model = "ofa_encoder_decoder"
     watchdog, lines = watchdog_factory(method="unload-load")
-    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, fields,
+    victim, killed_at, repair, outcomes, probe, service = kill_under_load(server, entailment_fields,
                                                                           watchdog, model)
     assert_the_service_was_not_ready_while_broken(service, killed_at, repair)
     print(f"unload-load: detected {repair.detected_at - killed_at:.2f} s, repaired in "
@@ -305,7 +300,7 @@ def test_unload_and_load_takes_the_ensemble_out_of_service_during_the_repair(
     assert lines.count(repair.line) == 1
 
 
-def test_bad_input_triggers_no_repair(server, fields, watchdog_factory):
+def test_bad_input_triggers_no_repair(server, entailment_fields, watchdog_factory):
     """Invalid images are refused per request (400), counted as the step's successes: the
     BACKEND counters and the stubs do not move, and nothing is repaired."""
     from tritonclient.utils import InferenceServerException
@@ -321,7 +316,7 @@ def test_bad_input_triggers_no_repair(server, fields, watchdog_factory):
     refused, answered = [], []
 
     def send(image: bytes | None, rows: int = 1):
-        value = fields["image"] if image is None else image
+        value = entailment_fields["image"] if image is None else image
         try:
             infer(server, "http", {"image": bytes_tensor(*[value] * rows),
                                    "hypothesis": bytes_tensor(*[b"a dog"] * rows)})
@@ -348,7 +343,7 @@ def test_bad_input_triggers_no_repair(server, fields, watchdog_factory):
     assert watchdog.watched() == stubs
 
 
-def test_a_hung_stub_is_found_by_its_failure_counter(server, fields, watchdog_factory):
+def test_a_hung_stub_is_found_by_its_failure_counter(server, entailment_fields, watchdog_factory):
     """A stopped stub (SIGSTOP) is alive, so only its BACKEND failures tell: Triton fails its
     batches after the 1 s health check. The reload replaces it and the stopped process is
     killed later (reap_after_s)."""
@@ -359,7 +354,7 @@ def test_a_hung_stub_is_found_by_its_failure_counter(server, fields, watchdog_fa
     try:
         stopped_at = time.monotonic()
         with pytest.raises(PredictionError, match="is not healthy"):
-            client.predict(fields["image"], fields["hypothesis"])
+            client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
         failed_at = time.monotonic()
         deadline = time.monotonic() + 30
         while not any(repair.ok for repair in watchdog.repairs) and time.monotonic() < deadline:
@@ -369,7 +364,7 @@ def test_a_hung_stub_is_found_by_its_failure_counter(server, fields, watchdog_fa
               f"found {repair.detected_at - failed_at:.2f} s later; {repair.line}")
         assert repair.ok and repair.dead == [] and repair.failures is not None
         assert repair.detected_at - failed_at < DETECTION_BOUND_S
-        assert client.predict(fields["image"], fields["hypothesis"])
+        assert client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
         assert re.fullmatch(r"watchdog: ofa_postprocess failed 1 requests in its backend "
                             r"\(nv_inference_request_failure BACKEND \d+ -> \d+\), its stubs "
                             r"alive \(hung or stopped\?\); reloaded ofa_postprocess in place "
@@ -411,7 +406,8 @@ def test_a_failed_repair_is_logged_and_retried_with_back_off(server, watchdog_fa
     assert lines[-1] == repair.line and " reloaded ofa_encoder_decoder in place " in repair.line
 
 
-def test_without_explicit_model_control_the_server_is_restarted(repository, fields, tmp_path):
+def test_without_explicit_model_control_the_server_is_restarted(repository, entailment_fields,
+                                                               tmp_path):
     """``ofa-triton serve``'s default (model control none): the watchdog restarts the server
     through ForegroundServer (what run_foreground wires), whose wait() outlives the restart;
     a signal then stops it, and no stub of either server is left."""
@@ -451,7 +447,7 @@ def test_without_explicit_model_control_the_server_is_restarted(repository, fiel
                                 rf"tritonserver \(pid {first_pid} -> {server.pid}\) in "
                                 rf"\d+\.\d s", repair.line), repair.line
             with VisualEntailmentClient(f"127.0.0.1:{options.http_port}") as client:
-                assert client.predict(fields["image"], fields["hypothesis"])
+                assert client.predict(entailment_fields["image"], entailment_fields["hypothesis"])
             assert waiter.is_alive(), "wait() returned on the restart"
             assert stub_processes(first_pid) == []
         finally:
