@@ -115,16 +115,16 @@ _FRAME_OPTIONS = {"JPEG": {"quality": 90}, "WEBP": {"lossless": True},
                   "GIF": {"duration": 100, "loop": 0}, "PNG": {"duration": 100, "loop": 0}}
 
 
-def _frame(fmt: str, index: int) -> Image.Image:
+def _frame(fmt: str, index: int, first_seed: int = 1) -> Image.Image:
     # A new image per save: saving sets attributes on it (PNG's encoderconfig) that break a
     # later TIFF save of the same object.
-    image = photo(96, 64, index + 1)
+    image = photo(96, 64, first_seed + index)
     return image.convert("P", palette=Image.ADAPTIVE) if fmt == "GIF" else image
 
 
-def multi_frame(fmt: str, frames: int = 3) -> bytes:
-    """``frames`` different photos (96x64) in one file of ``fmt``."""
-    images = [_frame(fmt, index) for index in range(frames)]
+def multi_frame(fmt: str, frames: int = 3, first_seed: int = 1) -> bytes:
+    """``frames`` different photos (96x64; seeds ``first_seed`` on) in one file of ``fmt``."""
+    images = [_frame(fmt, index, first_seed) for index in range(frames)]
     return _encoded(images[0], _SEQUENCE_FORMAT.get(fmt, fmt), save_all=True,
                     append_images=images[1:], **_FRAME_OPTIONS.get(fmt, {}))
 

@@ -16,11 +16,14 @@ checkpoint with this project's exporter (CPU, onnxruntime, fp32) into a temporar
 serves it with a real tritonserver and compares every served answer with ModelScope's.
 
 Cases: the golden image corpus (tests/golden/cases.py) with the texts of its cases; the first
-``OFA_REAL_CASES`` (default 12: twelve different images, JPEG, PNG, WebP, GIF, BMP, TIFF, EXIF
-rotations, grey, palette, bilevel; texts with punctuation, case, hyphens, slashes, runs of
-whitespace, non-ASCII, emoji, ``<person>``, ``<code_*>``/``<bin_*>``, and a text over
-``max_src_length``) whose text is not blank: ModelScope answers a blank text, the service
-refuses it, which the golden tests cover. Captioning takes the same images (up to all 24).
+``OFA_REAL_CASES`` (default 12) whose text is not blank: ModelScope answers a blank text, the
+service refuses it, which the golden tests cover. For visual entailment the first twelve are
+twelve different images (JPEG, progressive JPEG, PNG, lossless WebP, BMP and TIFF; EXIF
+rotations, grey, palette, bilevel and CMYK; tests/test_real_checkpoint_compare.py lists them)
+and texts with punctuation, case, hyphens, slashes, runs of whitespace, non-ASCII, emoji,
+``<person>``, ``<code_*>``/``<bin_*>`` and a text over ``max_src_length``; the GIF and the
+animated files come later in the corpus (``OFA_REAL_CASES=61`` takes every case). Captioning
+takes every image in turn (up to all 29).
 The requests are sent concurrently (4 in flight over gRPC), so the generating tasks answer
 them in shared, batched beam searches, as a loaded server does.
 
@@ -62,7 +65,7 @@ REFERENCE_SCRIPT = ROOT / "tests" / "golden" / "reference_answers.py"
 DEFAULT_REFERENCE_PYTHON = ".venv-ref/bin/python"
 DEFAULT_CASES = 12
 CONCURRENCY = 4
-REFERENCE_TIMEOUT_S = 4 * 3600     # a huge checkpoint on a slow CPU, 24 captions
+REFERENCE_TIMEOUT_S = 4 * 3600     # a huge checkpoint on a slow CPU, 29 captions
 READY_TIMEOUT_S = 1800             # tritonserver loads and warms up every step
 
 PROBABILITY_TOLERANCE = 1e-4       # tests/conftest.py, the served entailment goldens
@@ -106,13 +109,13 @@ def case_count() -> int:
 def select_cases(task: str, count: int) -> list[dict]:
     """The first ``count`` cases of the golden corpus for ``task`` whose text is not blank
     (all of them if fewer): {"name", "image", "text", "text2"}."""
-    from tests.golden.cases import build_cases, build_images, grounding_cases, vqa_cases
+    from tests.golden.cases import build_cases, grounding_cases, image_names, vqa_cases
 
     if task == "visual-entailment":
         cases = [{"name": c.name, "image": c.image, "text": c.hypothesis, "text2": c.premise}
                  for c in build_cases()]
     elif task == "image-captioning":
-        names = sorted(build_images())   # image i*5 mod 24, as the text cases: all 24, once
+        names = image_names()   # image i*5 mod 29: every image once
         cases = [{"name": f"image{i:02d}", "image": names[(i * 5) % len(names)], "text": None,
                   "text2": None} for i in range(len(names))]
     else:

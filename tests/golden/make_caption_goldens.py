@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from ofa_triton.tiny_checkpoint import generate_tiny_checkpoint  # noqa: E402
-from tests.golden.cases import CAPTION_CHECKPOINTS, write_images  # noqa: E402
+from tests.golden.cases import CAPTION_CHECKPOINTS, image_names, write_images  # noqa: E402
 from tests.golden.generation_goldens import (GOLDEN_DIR, GenerationRecorder,  # noqa: E402
                                              image_sha256, install_stand_ins, load_pipeline)
 from tests.golden.make_goldens import reference_versions  # noqa: E402
@@ -44,7 +44,8 @@ def record_checkpoint(name: str, work: Path) -> None:
     pipe = load_pipeline(Tasks.image_captioning, checkpoint)
     recorder = GenerationRecorder(pipe.model.generator)
     records = []
-    for index, (image, path) in enumerate(sorted(images.items())):
+    for index, image in enumerate(image_names()):
+        path = images[image]
         sample = pipe.preprocessor({"image": str(path)})
         result = pipe(str(path))
         [caption] = result["caption"]
