@@ -291,6 +291,7 @@ def run_soak(repository: Path, config: SoakConfig, work: Path) -> dict:
     from benchmarks.loadgen import TritonTarget, run_load
     from ofa_triton.server import ServerOptions, TritonServer
 
+    source_commit = commit()   # HEAD, "-dirty" when tracked files differ (as run.py records)
     work.mkdir(parents=True, exist_ok=True)
     requests = build_requests()
     seconds = config.minutes * 60
@@ -331,6 +332,7 @@ def run_soak(repository: Path, config: SoakConfig, work: Path) -> dict:
         if len(figures["pids"]) > 1:
             failures.append(f"{name} was restarted (pids {figures['pids']})")
     return {
+        "commit": source_commit,
         "config": dataclasses.asdict(config),
         "capacity": capacity,
         "capacity_after_failures": capacity_after,
@@ -392,12 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                         invalid_fraction=args.invalid_fraction,
                         growth_limit_mb=args.growth_limit_mb, sample_seconds=args.sample_seconds)
     sys.path.insert(0, str(ROOT / "src"))
-    source_commit = commit()   # HEAD, "-dirty" when tracked files differ (as run.py records)
     repository = args.repository
     if repository is None:
         log(f"exporting the tiny checkpoint into {WORK}")
         repository = prepare_repository(WORK)
-    result = {"commit": source_commit, **run_soak(repository, config, WORK)}
+    result = run_soak(repository, config, WORK)
     csv_path = write_results(result, args.out)
     latency = result["latency_valid_ms"]
     tally = result["requests"]

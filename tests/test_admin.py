@@ -173,3 +173,13 @@ def test_metrics_stay_open(guarded_server):
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         assert b"nv_inference_request_success" in response.read()
+
+
+def test_serving_beyond_loopback_without_a_key_warns_which_apis_are_open(tmp_path):
+    from ofa_triton.server import ServerOptions, open_admin_apis_warning
+
+    warning = open_admin_apis_warning(ServerOptions(repository=tmp_path))   # 0.0.0.0, no key
+    assert warning and "--admin-key-env" in warning and "0.0.0.0:8000" in warning
+    assert all(category in warning for category in RESTRICTED_APIS.split(","))
+    assert open_admin_apis_warning(ServerOptions(repository=tmp_path, admin_key=KEY)) is None
+    assert open_admin_apis_warning(ServerOptions(repository=tmp_path, host="127.0.0.1")) is None

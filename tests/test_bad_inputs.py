@@ -51,6 +51,20 @@ def test_invalid_texts_are_refused(triton_server, log_mark, name, protocol):
     assert fragment in refusal(triton_server, protocol, inputs)
 
 
+# Triton 2.51 bounds no request size (README, "The service"; src/ofa_triton/limits.py): a
+# 100 MiB hypothesis, over the 64 MiB that many gRPC stacks and proxies stop at, reaches the
+# model over both protocols, and only the model's own length check refuses it.
+HUGE_TEXT_BYTES = 100 * 2**20
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_triton_bounds_no_request_size_so_the_model_refuses_a_100_mib_text(
+        triton_server, log_mark, protocol):
+    inputs = {"image": bytes_tensor(_jpeg()), "hypothesis": bytes_tensor(b"a" * HUGE_TEXT_BYTES)}
+    message = refusal(triton_server, protocol, inputs)
+    assert f"'hypothesis' is {HUGE_TEXT_BYTES:,} characters long" in message
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", sorted(MALFORMED_REQUESTS))
 def test_malformed_requests_are_refused(triton_server, log_mark, name, protocol):

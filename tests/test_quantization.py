@@ -1,20 +1,23 @@
 """``--precision int8``: the CPU graph with int8 convolutions (ofa_triton.quantization).
 
 Tolerance (stated here, asserted below): answer probabilities within 0.02 of ModelScope's, on
-both golden checkpoints (tiny, 56 cases; variant, 16 cases), for the graph in one padded batch
+both golden checkpoints (tiny, 61 cases; variant, 21 cases), for the graph in one padded batch
 and served over HTTP and gRPC; labels identical wherever ModelScope's two best answers are more
 than 0.04 apart. Measured (onnxruntime's CPU provider on a 2-core AVX512-VNNI machine): at most
 0.0061 (tiny, case24) and 0.0023 (variant, case00), the same for the batch and for each case
 alone; no label changed, and the closest pair of answers (0.0078 tiny, 0.0053 variant) kept its
-order. The results are deterministic (fixed calibration images, MinMax), so the margin (3.3x) is
-for other CPUs: onnxruntime runs int8 convolutions with other kernels without VNNI, where
-products of uint8 activations and int8 weights can saturate. Measure again and restate these
-figures if it fails there.
+order (measured again with the five animated cases added: the same figures). The results are
+deterministic (fixed calibration images, MinMax), so on an AVX512-VNNI CPU without AMX the
+tests hold each checkpoint to its figure rounded up to the next thousandth (0.007, 0.003); the
+0.02 is for other CPUs: onnxruntime runs int8 convolutions with other kernels without VNNI,
+where products of uint8 activations and int8 weights can saturate. Measure again and restate
+these figures if it fails there.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,6 +31,27 @@ from ofa_triton.triton_config import ServingOptions
 from tests.conftest import assert_answers_match_goldens, start_triton
 
 INT8_PROBABILITY_TOLERANCE = 0.02
+# On the kind of CPU the figures above were measured on (AVX512-VNNI, no AMX), the results are
+# the same every run: there the tests hold each checkpoint to its measured figure, rounded up
+# to the next thousandth, so that a change that makes int8 less exact fails here too.
+MEASURED_ON_VNNI = {"tiny": 0.007, "variant": 0.003}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+def int8_bound(golden_name: str) -> float:
+    """The largest difference from ModelScope's probabilities the test accepts here."""
+    flags = _cpu_flags()
+    if "avx512_vnni" in flags and "amx_int8" not in flags:
+        return MEASURED_ON_VNNI[golden_name]
+    return INT8_PROBABILITY_TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +114,7 @@ def test_int8_graph_stays_within_its_tolerance_of_modelscope(int8_repositories, 
     (scores,) = session.run(["answer_scores"], batch)
     probabilities = np.exp(scores.astype(np.float64))
     expected = np.array([case["probabilities"] for case in goldens.cases])
-    assert np.abs(probabilities - expected).max() <= INT8_PROBABILITY_TOLERANCE, \
+    assert np.abs(probabilities - expected).max() <= int8_bound(golden_name), \
         np.abs(probabilities - expected).max()
     ordered = np.sort(expected, axis=1)
     clear = ordered[:, -1] - ordered[:, -2] > 2 * INT8_PROBABILITY_TOLERANCE
@@ -115,7 +139,7 @@ def test_int8_repository_serves_within_its_tolerance(int8_server, golden_name, g
     url = int8_server.http_url if protocol == "http" else int8_server.grpc_url
     assert_answers_match_goldens(VisualEntailmentClient(url, protocol),
                                  goldens_by_name[golden_name], golden_images,
-                                 tolerance=INT8_PROBABILITY_TOLERANCE)
+                                 tolerance=int8_bound(golden_name))
 
 
 def test_int8_export_refuses_the_gpu_and_bad_calibration_images(tiny_checkpoint, tmp_path):

@@ -53,6 +53,7 @@ def test_short_soak_serves_every_valid_request_and_refuses_every_invalid_one(
     write_results(result, tmp_path / "soak.json")
 
     assert result["passed"], result["failures"]
+    assert result["commit"] and result["commit"] != "unknown"   # which code the figures measure
     requests = result["requests"]
     assert requests["valid_ok"] > 0 and requests["valid_failed"] == 0
     assert requests["invalid_sent"] >= requests["sent"] // 10 > 0

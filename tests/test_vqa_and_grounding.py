@@ -328,3 +328,54 @@ def test_cli_answers_and_grounds(server, tmp_path):
     assert grounded.returncode == 0, grounded.stderr
     box = json.loads(grounded.stdout)["box"]
     assert np.abs(np.array(box) - np.array(grounding["box"])).max() <= BOX_TOLERANCE
+
+
+def test_bad_input_never_counts_as_a_backend_failure_of_any_step(server):
+    """The premise of the BACKEND-failure alert and of the watchdog's failure counters
+    (docs/faults.md, docs/watchdog.md) for the generating tasks too: every invalid image of
+    tests/bad_inputs.py and every kind of invalid text, sent to the captioning, VQA and
+    grounding ensembles concurrently with valid requests (so that dynamic batches mix them),
+    is refused with its 400, and no step of any task counts a BACKEND failure."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ofa_triton.client import PredictionError
+    from ofa_triton.tasks.image_captioning.client import ImageCaptionClient
+    from ofa_triton.tasks.visual_grounding.client import VisualGroundingClient
+    from ofa_triton.tasks.visual_question_answering.client import VisualQuestionAnsweringClient
+    from ofa_triton.watchdog import backend_failures
+    from tests.bad_inputs import INVALID_IMAGES, MEGABYTES_OF_TEXT
+
+    photo = build_images()["photo_640x480.jpg"]
+    bad_texts = {"empty": "", "blank": " \t\n ", "megabytes": MEGABYTES_OF_TEXT}
+    jobs = []   # (client class, model, call, request, the refusal's fragment or None)
+    for client_class, model, call, field in (
+            (VisualQuestionAnsweringClient, "ofa_visual_question_answering", "answer", "question"),
+            (VisualGroundingClient, "variant_ofa_visual_grounding", "ground", "text"),
+            (ImageCaptionClient, "ofa_image_caption", "caption", None)):
+        texts = {field: "what is on the left?"} if field else {}
+        for make, fragment in INVALID_IMAGES.values():
+            jobs.append((client_class, model, call, {"image": make(), **texts}, fragment))
+        for text in bad_texts.values() if field else ():
+            jobs.append((client_class, model, call, {"image": photo, field: text}, f"'{field}'"))
+        jobs += [(client_class, model, call, {"image": photo, **texts}, None)] * 4
+    jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
+
+    def send(job):
+        client_class, model, call, request, fragment = job
+        with client_class(server.http_url, model_name=model) as client:
+            try:
+                getattr(client, call)(*request.values())
+            except PredictionError as error:
+                return fragment is not None and error.status == "400" and fragment in str(error)
+            return fragment is None
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(send, jobs))
+    assert all(outcomes), [job[1:3] + (job[4],) for job, ok in zip(jobs, outcomes) if not ok]
+    metrics = urllib.request.urlopen(
+        f"http://127.0.0.1:{server.options.metrics_port}/metrics", timeout=10).read().decode()
+    failures = backend_failures(metrics)
+    steps = {"ofa_caption_generator", "ofa_vqa_generator", "variant_ofa_grounding_generator"}
+    assert steps <= set(failures), sorted(failures)   # the counters exist: 0 means something
+    assert all(count == 0 for count in failures.values()), failures

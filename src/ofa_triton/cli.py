@@ -15,7 +15,7 @@ from .deploy import DeployError
 from .perf_inputs import DEFAULT_COUNT, DEFAULT_SEED
 from .runtime import PRECISIONS, RUNTIMES, TORCH_COMPILE_MODES
 from .tasks import TASKS, UnknownTaskError
-from .server import ServerOptions
+from .server import ServerOptions, open_admin_apis_warning
 from .service_health import HEALTH_PORT, HealthPortError
 from .triton_config import ENSEMBLE_MODEL, ServingOptions
 
@@ -157,11 +157,15 @@ def _serve(args: argparse.Namespace) -> int:
     if not any(any(args.repository.glob(f"*{name}/config.pbtxt")) for name in public):
         raise FileNotFoundError(f"{args.repository} is not an exported model repository (no "
                                 f"{' or '.join(public)} in it); run ofa-triton export first")
-    return run_foreground(ServerOptions(
+    options = ServerOptions(
         repository=args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, host=args.host, log_verbose=args.log_verbose,
-        model_control=args.model_control, admin_key=_admin_key(args)),
-        watchdog=not args.no_watchdog, health_port=args.health_port or None)
+        model_control=args.model_control, admin_key=_admin_key(args))
+    warning = open_admin_apis_warning(options)
+    if warning:
+        print(f"ofa-triton serve: {warning}", file=sys.stderr, flush=True)
+    return run_foreground(options, watchdog=not args.no_watchdog,
+                          health_port=args.health_port or None)
 
 
 def _admin_key(args: argparse.Namespace) -> str | None:

@@ -20,7 +20,7 @@ from .triton_requests import RequestError
 # every real photo and sentence through while bounding what one request can cost:
 # - 20 MiB of encoded image: a full-quality JPEG of a 50 MP camera is 15-25 MB; more is not a
 #   photo anyone needs to send to a 480 px model. Triton 2.51 itself bounds no request size
-#   (a 500 MB hypothesis reaches the model over HTTP and gRPC alike; README.md, "The
+#   (a 100 MiB hypothesis reaches the model over HTTP and gRPC alike; README.md, "The
 #   service"), so this check is what refuses a larger image; cap request bodies in front of
 #   a public endpoint.
 DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20

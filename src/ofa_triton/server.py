@@ -169,6 +169,18 @@ def admin_headers(protocol: str, key: str) -> dict[str, str]:
     return {name: key}
 
 
+def open_admin_apis_warning(options: "ServerOptions") -> str | None:
+    """A warning for a server that anyone beyond this machine can reach without an admin
+    key: the restricted APIs (load and unload models, change the configs, the log verbosity
+    and the traces) are then open to them too. None on loopback or with a key."""
+    if options.admin_key or options.host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"warning: no admin key: the {RESTRICTED_APIS.replace(',', ', ')} APIs are open "
+            f"to anyone who reaches {options.host}:{options.http_port} (HTTP) or "
+            f":{options.grpc_port} (gRPC); set a key with --admin-key-env VARIABLE, or serve on "
+            f"--host 127.0.0.1 behind a proxy")
+
+
 def policy_flags(model_control: str = "none", admin_key: str | None = None) -> list[str]:
     """The flags that decide how the server behaves, whoever starts it: ``ofa-triton serve``
     (also the container's entrypoint: docker/Dockerfile, docker-compose.yml) and the tests."""
