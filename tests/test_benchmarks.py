@@ -115,3 +115,27 @@ def test_the_generation_benchmark_runs_end_to_end(generation_results, name):
         assert {f"ofa_{short}_preprocess", f"ofa_{short}_generator",
                 f"ofa_{short}_postprocess"} <= set(row["composing_models"])
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_benchmarks_spell_no_model_name():
+    """Model names come from ModelNames / ENSEMBLE_MODEL (a name prefix or a renamed template
+    then reaches every benchmark); a string "ofa_..." in benchmarks/ code is a copy."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    quoted = [f"{path.relative_to(root)}:{node.lineno} {node.value!r}"
+              for path in (root / "benchmarks").rglob("*.py")
+              for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and node.value.startswith("ofa_")]
+    assert not quoted, quoted
+
+
+@pytest.mark.parametrize("name", ["cpu.json", "soak.json", "chaos.json"])
+def test_committed_results_record_the_commit_they_measured(name):
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / name
+    commit = json.loads(results.read_text()).get("commit")
+    assert commit and commit != "unknown" and not commit.endswith("-dirty"), (name, commit)
