@@ -47,11 +47,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.soak import prepare_repository   # a fresh tiny export, as the soak's
+from ofa_triton.triton_config import ENSEMBLE_MODEL, ServingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "work" / "chaos"
-STEPS = ("ofa_preprocess", "ofa_encoder_decoder", "ofa_postprocess")
+STEPS = tuple(name for name in ServingOptions().names().by_template().values()
+              if name != ENSEMBLE_MODEL)   # the entailment ensemble's three steps
 _STUB_IN_ERROR = re.compile(r"Stub process '([^']+)' is not healthy")
 
 

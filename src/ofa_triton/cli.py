@@ -94,6 +94,39 @@ def _model_analyzer_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas")
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers >= 0, comma separated")
+    return values
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import grid, tune
+
+    candidates = grid(args.max_batch_sizes, args.queue_delays_us, args.preprocess_instances,
+                      args.encoder_decoder_instances)
+    print(f"measuring {len(candidates)} configuration(s) of {args.model} at concurrency "
+          f"{args.concurrency}, {args.measurement_ms} ms windows (about "
+          f"{len(candidates) * (20 + 3 * args.measurement_ms // 1000)} s on a CPU)", flush=True)
+    summary = tune(args.repository, args.model, candidates, args.concurrency, args.p99_ms,
+                   args.output, inputs=args.input_data, measurement_ms=args.measurement_ms,
+                   progress=lambda line: print(line, flush=True))
+    best = summary["best"]
+    print(f"results: {args.output / 'tune.json'}")
+    if best is None:
+        print(f"no configuration kept p99 within {args.p99_ms:g} ms at concurrency "
+              f"{args.concurrency}: raise --p99-ms, lower --concurrency, or add instances")
+        return 1
+    print(f"best within p99 {args.p99_ms:g} ms: {best['throughput']:.1f} infer/s, p99 "
+          f"{best['p99_ms']:.0f} ms")
+    print(f"export with: ofa-triton export ... {best['flags']}")
+    return 0
+
+
 # With -i grpc: where ofa-triton serve listens by default.
 PERF_DEFAULT_URL = f"localhost:{SERVER_DEFAULTS['grpc_port']}"
 
@@ -567,6 +600,34 @@ def build_parser() -> argparse.ArgumentParser:
     analyzer.add_argument("--max-batch-size", type=int, default=8,
                           help="largest max_batch_size the search tries")
     analyzer.set_defaults(handler=_model_analyzer_config)
+
+    sweep = commands.add_parser(
+        "tune", help="measure a grid of instance counts, max batch sizes and queue delays with "
+        "perf_analyzer on an exported repository; print the fastest within a p99 budget and "
+        "its export flags (the search model-analyzer cannot make on an ensemble)")
+    sweep.add_argument("--repository", required=True, type=Path)
+    sweep.add_argument("--model", default=ENSEMBLE_MODEL,
+                       help=f"the ensemble to tune (default {ENSEMBLE_MODEL})")
+    sweep.add_argument("--p99-ms", type=float, required=True,
+                       help="the latency budget: p99 of the ensemble, in milliseconds")
+    sweep.add_argument("--concurrency", type=int, default=8,
+                       help="requests in flight while measuring (default: %(default)s)")
+    sweep.add_argument("--max-batch-sizes", type=_int_list, default=[8, 32], metavar="N,N",
+                       help="default: 8,32")
+    sweep.add_argument("--queue-delays-us", type=_int_list, default=[0, 2000, 10000],
+                       metavar="US,US", help="default: 0,2000,10000")
+    sweep.add_argument("--preprocess-instances", type=_int_list, default=[2], metavar="N,N",
+                       help="default: 2")
+    sweep.add_argument("--encoder-decoder-instances", type=_int_list, default=[1, 2],
+                       metavar="N,N", help="default: 1,2")
+    sweep.add_argument("--input-data", type=Path, metavar="FILE",
+                       help="perf_analyzer's input data (ofa-triton perf-inputs; default: "
+                       "generated for the model)")
+    sweep.add_argument("--measurement-ms", type=int, default=4000,
+                       help="perf_analyzer's window (default: %(default)s)")
+    sweep.add_argument("--output", type=Path, default=Path("work/tune"),
+                       help="where the candidates, logs and tune.json go (default: %(default)s)")
+    sweep.set_defaults(handler=_tune)
 
     tiny = commands.add_parser(
         "make-tiny-checkpoint", help="write the generated tiny checkpoint (random weights)")
