@@ -171,7 +171,7 @@ class TorchEncoderDecoder:
         side = task.patch_image_size
         return {INPUT_IDS: (rows, task.source_length),
                 PATCH_IMAGES: (rows, 3, side, side),
-                DECODER_INPUT_IDS: (rows, task.max_src_length + 1)}
+                DECODER_INPUT_IDS: (rows, task.decoder_length)}
 
     def _fits_graphs(self, batch: dict[str, np.ndarray]) -> bool:
         rows = len(batch[INPUT_IDS])

@@ -234,7 +234,7 @@ def render_configs(settings: ServingSettings, options: ServingOptions, served: S
         "max_batch_size": options.max_batch_size,
         "queue_delay_us": options.queue_delay_us,
         "source_length": settings.task.source_length,
-        "decoder_length": settings.task.max_src_length + 1,
+        "decoder_length": settings.task.decoder_length,
         "image_size": settings.task.patch_image_size,
         "preprocess_instances": options.preprocess_instances,
         "encoder_decoder_instances": options.encoder_decoder_instances,

@@ -38,6 +38,12 @@ class TaskSettings:
         preprocessing right-pads every source to it, and the configs declare it."""
         return self.max_src_length + 2
 
+    @property
+    def decoder_length(self) -> int:
+        """The decoder prompt's fixed length in tokens (visual entailment's scorer):
+        max_src_length + 1, right-padded like the source."""
+        return self.max_src_length + 1
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -33,7 +33,7 @@ class VisualEntailmentPreprocessor(ImagePromptPreprocessor):
         super().__init__(*args, **kwargs)
         task = self.settings.task
         self.templates = PromptTemplates(task.hypothesis_prompt, task.premise_prompt)
-        self.decoder_length = task.max_src_length + 1
+        self.decoder_length = task.decoder_length
 
     def source_ids(self, hypothesis: str, premise: str | None) -> list[int]:
         """The encoder's token ids, unpadded (``premise=None``: the hypothesis-only prompt)."""
