@@ -506,12 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_predict)
 
     for name, handler, model, what, text_flag, text_help in (
-            ("caption", _caption, "ofa_image_caption", "captions (image captioning exports)",
+            ("caption", _caption, TASKS["image-captioning"].public_model, "captions (image captioning exports)",
              None, None),
-            ("answer", _answer, "ofa_visual_question_answering",
+            ("answer", _answer, TASKS["visual-question-answering"].public_model,
              "answers to one question about each image (visual question answering exports)",
              "--question", "the question asked about every image"),
-            ("ground", _ground, "ofa_visual_grounding",
+            ("ground", _ground, TASKS["visual-grounding"].public_model,
              "the box of one description in each image (visual grounding exports): x0, y0, "
              "x1, y1 in the image's pixels", "--text", "the region to find in every image")):
         command = commands.add_parser(name, help=f"ask a running server for {what}; prints "

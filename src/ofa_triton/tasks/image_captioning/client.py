@@ -15,9 +15,10 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from . import ImageCaptioning
 from ...client import PredictionError, TritonClient, read_image, string_inputs, string_output
 
-MODEL_NAME = "ofa_image_caption"
+MODEL_NAME = ImageCaptioning.public_model
 
 Image = str | bytes | Path
 

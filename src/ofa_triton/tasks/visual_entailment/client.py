@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import VisualEntailment
 from ...client import PredictionError, TritonClient, read_image, string_inputs
 from .labels import LABELS
 
-MODEL_NAME = "ofa_visual_entailment"
+MODEL_NAME = VisualEntailment.public_model
 
 
 @dataclasses.dataclass(frozen=True)

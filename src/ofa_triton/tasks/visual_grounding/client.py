@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import VisualGrounding
 from ...client import PredictionError, TritonClient, read_image, string_inputs
 
-MODEL_NAME = "ofa_visual_grounding"
+MODEL_NAME = VisualGrounding.public_model
 
 Box = tuple[float, float, float, float]
 

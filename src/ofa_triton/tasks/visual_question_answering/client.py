@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import VisualQuestionAnswering
 from ...client import PredictionError, TritonClient, read_image, string_inputs, string_output
 
-MODEL_NAME = "ofa_visual_question_answering"
+MODEL_NAME = VisualQuestionAnswering.public_model
 
 
 def build_inputs(module, image: bytes, question: str) -> list:
