@@ -52,8 +52,11 @@ from ofa_triton.triton_config import ENSEMBLE_MODEL, ServingOptions
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "work" / "chaos"
-STEPS = tuple(name for name in ServingOptions().names().by_template().values()
-              if name != ENSEMBLE_MODEL)   # the entailment ensemble's three steps
+_NAMES = ServingOptions().names()
+# The entailment ensemble's three steps in the order requests pass them (each killed in turn).
+STEPS = (_NAMES.preprocess, _NAMES.encoder_decoder,
+         *sorted(set(_NAMES.by_template().values())
+                 - {_NAMES.preprocess, _NAMES.encoder_decoder, ENSEMBLE_MODEL}))
 _STUB_IN_ERROR = re.compile(r"Stub process '([^']+)' is not healthy")
 
 
