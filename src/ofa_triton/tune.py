@@ -2,7 +2,7 @@
 
 model-analyzer (``ofa-triton model-analyzer-config``) searches an ensemble only in its quick
 mode, which varies instance counts and max batch sizes but never the dynamic batcher's queue
-delay, and takes no latency budget for a composing step it runs CPU-only. This sweep measures
+delay (its manual search, which can, refuses ensembles). This sweep measures
 a small grid of all three (instances of the preprocessing and encoder-decoder steps, max
 batch size, queue delay) on an exported repository with the bundled perf_analyzer, and
 reports the configuration with the most throughput whose p99 latency is within ``--p99-ms``,
