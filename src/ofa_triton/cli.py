@@ -506,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_predict)
 
     for name, handler, model, what, text_flag, text_help in (
-            ("caption", _caption, TASKS["image-captioning"].public_model, "captions (image captioning exports)",
-             None, None),
+            ("caption", _caption, TASKS["image-captioning"].public_model,
+             "captions (image captioning exports)", None, None),
             ("answer", _answer, TASKS["visual-question-answering"].public_model,
              "answers to one question about each image (visual question answering exports)",
              "--question", "the question asked about every image"),

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .manifest import ManifestError, read_manifest
 from .settings import ServingSettings
-from .triton_config import (ModelNames, ServingOptions, ensemble_steps, read_served_versions,
-                            render_configs)
+from .triton_config import (ModelNames, ServedVersions, ServingOptions, ensemble_steps,
+                            read_served_versions, render_configs)
 
 
 class TuneError(ValueError):
@@ -62,6 +62,7 @@ class ExportedEnsemble:
 
     repository: Path
     names: ModelNames
+    served: ServedVersions
     options: ServingOptions
     settings: ServingSettings
     runtime: str
@@ -83,14 +84,13 @@ class ExportedEnsemble:
         except ManifestError as error:
             raise TuneError(f"{error}: tune needs a repository exported by ofa-triton") from error
         options = ServingOptions(**{**record["serving"], "cuda_graph_batch_sizes": "auto"})
-        return cls(repository, names, options, ServingSettings.read(version_dir),
+        return cls(repository, names, served, options, ServingSettings.read(version_dir),
                    record.get("runtime", "onnxruntime"))
 
     def write_candidate(self, candidate: Candidate, out: Path) -> Path:
         """A repository of the ensemble's models configured as ``candidate``."""
         options = dataclasses.replace(self.options, **dataclasses.asdict(candidate))
-        served = read_served_versions(self.repository, self.names.ensemble)
-        configs = render_configs(self.settings, options.for_runtime(self.runtime), served,
+        configs = render_configs(self.settings, options.for_runtime(self.runtime), self.served,
                                  self.names)
         shutil.rmtree(out, ignore_errors=True)
         for template, model in self.names.by_template().items():
